@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is missing (redis-server), then runs every check:
+# formatting, clippy with warnings as errors, and all tests (unit and integration, both
+# stores, against a redis-server the harness starts itself).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update
+  $sudo apt-get install -y redis-server
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked

@@ -1,0 +1,452 @@
+//! Configuration: command line and environment, plus a TOML file of service-wide keys and
+//! namespaces, validated completely at start so a bad value stops the process with its name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::domain::namespace::DEFAULT_NAMESPACE;
+use crate::domain::{Mode, Namespace, OnUserChange, Policy};
+use crate::store::Retention;
+
+/// sessiond: the single authority for activity-session identifiers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "SESSIOND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// TOML configuration file (service-wide keys and [namespaces.NAME] tables).
+    #[arg(long, env = "SESSIOND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL (redis://, rediss:// or redis+unix://); without it sessions live in memory.
+    #[arg(long, env = "SESSIOND_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Secret keying the client hash; overrides the file's `secret`.
+    #[arg(long, env = "SESSIOND_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "SESSIOND_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What a namespace does when the store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// 503 with Retry-After.
+    Reject,
+    /// A locally drawn id, marked provisional and never stored.
+    Provisional,
+}
+
+/// One namespace's settings.
+#[derive(Debug, Clone)]
+pub struct NamespaceSettings {
+    pub policy: Policy,
+    pub allowed_origins: Vec<String>,
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for NamespaceSettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            allowed_origins: Vec::new(),
+            on_store_error: OnStoreError::Reject,
+        }
+    }
+}
+
+/// Everything the service needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub redis_url: Option<String>,
+    pub key_prefix: String,
+    pub store_timeout: Duration,
+    pub retention: Retention,
+    pub body_limit: usize,
+    pub max_batch: usize,
+    pub min_client_length: usize,
+    /// None only for the in-memory store, which then draws one per process.
+    pub secret: Option<SecretString>,
+    pub workers: Option<usize>,
+    pub namespaces: BTreeMap<Namespace, NamespaceSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_file(FileConfig::default(), "127.0.0.1:8080".into(), None, None)
+            .expect("the defaults are valid")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A duration written like `30m`, `1500ms`, `24h` or `30d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        humantime::parse_duration(&raw)
+            .map(ConfigDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {raw:?} ({e}); write it like 30m, 1500ms, 24h"
+                ))
+            })
+    }
+}
+
+/// The file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    store_timeout: Option<ConfigDuration>,
+    client_retention: Option<ConfigDuration>,
+    session_retention: Option<ConfigDuration>,
+    body_limit: Option<usize>,
+    max_batch: Option<usize>,
+    min_client_length: Option<usize>,
+    key_prefix: Option<String>,
+    secret: Option<String>,
+    workers: Option<usize>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, NamespaceFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceFile {
+    idle_timeout: Option<ConfigDuration>,
+    max_duration: Option<ConfigDuration>,
+    mode: Option<ModeFile>,
+    on_user_change: Option<OnUserChangeFile>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    on_store_error: Option<OnStoreError>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ModeFile {
+    Inactivity,
+    Background,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnUserChangeFile {
+    Keep,
+    Restart,
+}
+
+impl Settings {
+    /// Reads the command line's choices and the file they name.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Self::read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_file(
+            file,
+            cli.listen.clone(),
+            cli.redis_url.clone(),
+            cli.secret.clone(),
+        )
+    }
+
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_file(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn from_file(
+        file: FileConfig,
+        listen: String,
+        redis_url: Option<String>,
+        secret: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let store_timeout = file
+            .store_timeout
+            .map_or(Duration::from_millis(500), |d| d.0);
+        if store_timeout.is_zero() {
+            return Err(invalid("store_timeout", "must be more than zero"));
+        }
+        let defaults = Retention::default();
+        let retention = Retention {
+            client: file.client_retention.map_or(defaults.client, |d| d.0),
+            session: file.session_retention.map_or(defaults.session, |d| d.0),
+        };
+        let body_limit = file.body_limit.unwrap_or(1024 * 1024);
+        if body_limit < 1024 {
+            return Err(invalid("body_limit", "must be at least 1024 bytes"));
+        }
+        let max_batch = file.max_batch.unwrap_or(1000);
+        if !(1..=10_000).contains(&max_batch) {
+            return Err(invalid("max_batch", "must be between 1 and 10000"));
+        }
+        let min_client_length = file.min_client_length.unwrap_or(1);
+        if !(1..=128).contains(&min_client_length) {
+            return Err(invalid("min_client_length", "must be between 1 and 128"));
+        }
+        let key_prefix = file.key_prefix.unwrap_or_else(|| "sd".into());
+        if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "key_prefix",
+                "must be non-empty, without braces or spaces",
+            ));
+        }
+        let secret = secret.or(file.secret);
+        if secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("secret", "must be at least 16 characters"));
+        }
+        if redis_url.is_some() && secret.is_none() {
+            // Without a stable secret every restart would orphan every client's sessions.
+            return Err(invalid(
+                "secret",
+                "is required with a Redis store (set SESSIOND_SECRET or `secret` in the file)",
+            ));
+        }
+        if file.workers == Some(0) {
+            return Err(invalid("workers", "must be at least 1"));
+        }
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert(
+            Namespace::parse(DEFAULT_NAMESPACE).expect("valid name"),
+            NamespaceSettings::default(),
+        );
+        for (name, ns) in file.namespaces {
+            let key = format!("namespaces.{name}");
+            let namespace = Namespace::parse(&name).map_err(|e| invalid(&key, e.to_string()))?;
+            let settings = ns.validate(&key, &retention)?;
+            namespaces.insert(namespace, settings);
+        }
+        Ok(Self {
+            listen,
+            redis_url,
+            key_prefix,
+            store_timeout,
+            retention,
+            body_limit,
+            max_batch,
+            min_client_length,
+            secret: secret.map(SecretString::from),
+            workers: file.workers,
+            namespaces,
+        })
+    }
+}
+
+impl NamespaceFile {
+    fn validate(self, key: &str, retention: &Retention) -> Result<NamespaceSettings, ConfigError> {
+        let idle = self.idle_timeout.map_or(Duration::from_secs(1800), |d| d.0);
+        if idle < Duration::from_millis(1) {
+            return Err(invalid(
+                format!("{key}.idle_timeout"),
+                "must be at least 1ms",
+            ));
+        }
+        let max = self.max_duration.map(|d| d.0);
+        if max.is_some_and(|m| m < Duration::from_millis(1)) {
+            return Err(invalid(
+                format!("{key}.max_duration"),
+                "must be at least 1ms",
+            ));
+        }
+        let mode = match self.mode.unwrap_or(ModeFile::Inactivity) {
+            ModeFile::Inactivity => Mode::Inactivity,
+            ModeFile::Background => Mode::Background,
+        };
+        if mode == Mode::Background && max.is_none() {
+            return Err(invalid(
+                format!("{key}.max_duration"),
+                "is required when mode = \"background\" (a foregrounded session never idles out)",
+            ));
+        }
+        let longest = max.unwrap_or(idle).max(idle);
+        if retention.client < longest {
+            return Err(invalid(
+                "client_retention",
+                format!("must be at least {key}'s idle_timeout and max_duration"),
+            ));
+        }
+        for origin in &self.allowed_origins {
+            if !valid_origin(origin) {
+                return Err(invalid(
+                    format!("{key}.allowed_origins"),
+                    format!("{origin:?} is not an origin like https://example.org or \"*\""),
+                ));
+            }
+        }
+        let on_store_error = self.on_store_error.unwrap_or(OnStoreError::Reject);
+        if on_store_error == OnStoreError::Provisional {
+            return Err(invalid(
+                format!("{key}.on_store_error"),
+                "\"provisional\" is not supported by this version yet; use \"reject\"",
+            ));
+        }
+        Ok(NamespaceSettings {
+            policy: Policy {
+                idle_timeout_ms: idle.as_millis() as i64,
+                max_duration_ms: max.map(|m| m.as_millis() as i64),
+                mode,
+                on_user_change: match self.on_user_change.unwrap_or(OnUserChangeFile::Keep) {
+                    OnUserChangeFile::Keep => OnUserChange::Keep,
+                    OnUserChangeFile::Restart => OnUserChange::Restart,
+                },
+            },
+            allowed_origins: self.allowed_origins,
+            on_store_error,
+        })
+    }
+}
+
+/// `*`, or scheme://host[:port] with no path, as browsers send in the Origin header.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, String> {
+        let file = Settings::parse_file(text).map_err(|e| e.to_string())?;
+        Settings::from_file(file, "127.0.0.1:0".into(), None, None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn without_a_file_there_is_one_default_namespace_with_the_contract_defaults() {
+        let s = load("").unwrap();
+        assert_eq!(s.namespaces.len(), 1);
+        let default = &s.namespaces[&Namespace::parse("default").unwrap()];
+        assert_eq!(default.policy, Policy::default());
+        assert_eq!(s.store_timeout, Duration::from_millis(500));
+        assert_eq!(s.body_limit, 1024 * 1024);
+    }
+
+    #[test]
+    fn namespaces_take_durations_modes_and_origins() {
+        let s = load(
+            r#"
+            [namespaces.ios]
+            idle_timeout = "1500ms"
+            max_duration = "24h"
+            mode = "background"
+            on_user_change = "restart"
+            allowed_origins = ["https://example.org"]
+            "#,
+        )
+        .unwrap();
+        let ios = &s.namespaces[&Namespace::parse("ios").unwrap()];
+        assert_eq!(ios.policy.idle_timeout_ms, 1500);
+        assert_eq!(ios.policy.max_duration_ms, Some(24 * 3600 * 1000));
+        assert_eq!(ios.policy.mode, Mode::Background);
+        assert_eq!(ios.policy.on_user_change, OnUserChange::Restart);
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key() {
+        let err = load("[namespaces.web]\nidle_timeout = \"30x\"").unwrap_err();
+        assert!(err.contains("idle_timeout"), "{err}");
+        assert!(err.contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_itself() {
+        let err = load("[namespaces.web]\nidle_timout = \"30m\"").unwrap_err();
+        assert!(err.contains("idle_timout"), "{err}");
+    }
+
+    #[test]
+    fn background_mode_requires_max_duration() {
+        let err = load("[namespaces.ios]\nmode = \"background\"").unwrap_err();
+        assert!(err.contains("namespaces.ios.max_duration"), "{err}");
+    }
+
+    #[test]
+    fn origins_must_be_origins() {
+        let err = load("[namespaces.web]\nallowed_origins = [\"https://a.org/path\"]").unwrap_err();
+        assert!(err.contains("namespaces.web.allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_namespace_name_is_named() {
+        let err = load("[namespaces.Web]\n").unwrap_err();
+        assert!(err.contains("namespaces.Web"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let example = load(include_str!("../deploy/sessiond.example.toml")).unwrap();
+        let defaults = load("").unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn a_redis_store_requires_a_secret() {
+        let err = Settings::from_file(
+            FileConfig::default(),
+            "x".into(),
+            Some("redis://h".into()),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`secret`"), "{err}");
+    }
+}

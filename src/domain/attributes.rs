@@ -1,0 +1,89 @@
+//! Session attributes: release, environment and platform frozen at start, user_id bound once.
+
+use serde::{Deserialize, Serialize};
+
+/// The attributes a call may carry. Built only through [`Attributes::parse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidAttribute {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {} bytes", Attributes::MAX_LEN)]
+    TooLong,
+    #[error("contains a control character")]
+    ControlCharacter,
+}
+
+impl Attributes {
+    pub const MAX_LEN: usize = 256;
+
+    /// Validates one attribute value; the caller names the field in its error.
+    pub fn check(value: &str) -> Result<(), InvalidAttribute> {
+        if value.is_empty() {
+            Err(InvalidAttribute::Empty)
+        } else if value.len() > Self::MAX_LEN {
+            Err(InvalidAttribute::TooLong)
+        } else if value.chars().any(char::is_control) {
+            Err(InvalidAttribute::ControlCharacter)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Builds attributes, naming the first invalid field.
+    pub fn parse(
+        release: Option<String>,
+        environment: Option<String>,
+        platform: Option<String>,
+        user_id: Option<String>,
+    ) -> Result<Self, (&'static str, InvalidAttribute)> {
+        for (name, value) in [
+            ("release", &release),
+            ("environment", &environment),
+            ("platform", &platform),
+            ("user_id", &user_id),
+        ] {
+            if let Some(v) = value {
+                Self::check(v).map_err(|e| (name, e))?;
+            }
+        }
+        Ok(Self {
+            release,
+            environment,
+            platform,
+            user_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_first_invalid_field() {
+        let err = Attributes::parse(Some("1.0".into()), None, Some("".into()), None).unwrap_err();
+        assert_eq!(err, ("platform", InvalidAttribute::Empty));
+        let err = Attributes::parse(None, None, None, Some("a\nb".into())).unwrap_err();
+        assert_eq!(err, ("user_id", InvalidAttribute::ControlCharacter));
+        let err = Attributes::parse(Some("x".repeat(257)), None, None, None).unwrap_err();
+        assert_eq!(err, ("release", InvalidAttribute::TooLong));
+    }
+
+    #[test]
+    fn accepts_unicode_values() {
+        let attrs = Attributes::parse(None, Some("produção".into()), None, None).unwrap();
+        assert_eq!(attrs.environment.as_deref(), Some("produção"));
+    }
+}

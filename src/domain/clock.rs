@@ -1,0 +1,21 @@
+//! Wall-clock time in milliseconds, injectable so the in-memory store can be tested without sleeping.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A source of "now" in milliseconds since the Unix epoch.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}

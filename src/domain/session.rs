@@ -1,0 +1,88 @@
+//! A session as the store keeps it, and the vocabularies of its status and start reason.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Attributes, SessionId};
+
+/// Why a session started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    NewClient,
+    IdleTimeout,
+    MaxDuration,
+    Ended,
+    UserChange,
+}
+
+/// A session's status: `ok` while live, then its final status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Exited,
+    Crashed,
+    Abnormal,
+}
+
+/// The statuses a client may end a session with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndStatus {
+    Exited,
+    Crashed,
+    Abnormal,
+}
+
+impl From<EndStatus> for Status {
+    fn from(s: EndStatus) -> Self {
+        match s {
+            EndStatus::Exited => Status::Exited,
+            EndStatus::Crashed => Status::Crashed,
+            EndStatus::Abnormal => Status::Abnormal,
+        }
+    }
+}
+
+/// One session of one client. Times are milliseconds on the store's clock.
+///
+/// The serde names are short because the Redis store keeps this shape per session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    #[serde(rename = "s")]
+    pub id: SessionId,
+    #[serde(rename = "i")]
+    pub index: u64,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<SessionId>,
+    #[serde(rename = "t0")]
+    pub started_at: i64,
+    #[serde(rename = "t")]
+    pub last_activity_at: i64,
+    /// Set while the app is in the background (background mode only).
+    #[serde(rename = "bg", default, skip_serializing_if = "Option::is_none")]
+    pub background_since: Option<i64>,
+    /// Set when the session ended: by an end call, or for archived sessions, by expiry.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<i64>,
+    #[serde(rename = "st")]
+    pub status: Status,
+    #[serde(rename = "r")]
+    pub reason: Reason,
+    #[serde(rename = "a", default)]
+    pub attributes: Attributes,
+}
+
+// SessionId travels through serde as its string form; a stored id that is not one is corrupt.
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        SessionId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}

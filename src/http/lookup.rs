@@ -1,0 +1,38 @@
+//! Lookup by id: what the store knows of one session, while it is retained.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::AppState;
+use super::problem::ApiError;
+use super::views::SessionRecord;
+use crate::domain::decision::retained_until;
+use crate::domain::{Namespace, Policy, SessionId};
+
+/// `GET /v1/sessions/{session_id}`.
+pub async fn lookup(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = req.match_info().get("session_id").unwrap_or("");
+    let id = SessionId::parse(raw).map_err(|e| ApiError::invalid("session_id", e))?;
+    let found = state.store.find(&id).await;
+    state.record_store_result(&found);
+    let found = found?.ok_or_else(|| ApiError::SessionNotFound(id.to_string()))?;
+    // A namespace removed from the configuration still has its sessions readable.
+    let policy = Namespace::parse(&found.namespace)
+        .ok()
+        .and_then(|n| state.settings.namespaces.get(&n))
+        .map_or_else(Policy::default, |ns| ns.policy);
+    let retention = state.settings.retention.session_ms();
+    let retained =
+        retained_until(&found.session, &policy, retention).is_none_or(|until| found.now < until);
+    if !retained {
+        return Err(ApiError::SessionNotFound(id.to_string()));
+    }
+    Ok(HttpResponse::Ok().json(SessionRecord::at(
+        &found.namespace,
+        &found.session,
+        &policy,
+        found.now,
+    )))
+}

@@ -1,0 +1,159 @@
+//! The HTTP layer: routes, the JSON body extractor, CORS, and problem+json errors.
+
+pub mod body;
+pub mod cors;
+pub mod lookup;
+pub mod problem;
+pub mod sessions;
+pub mod system;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpRequest, Route, web};
+
+use crate::config::Settings;
+use crate::domain::{ClientHasher, IdSource, Reason};
+use crate::store::{SessionStore, StoreError};
+use crate::telemetry::{CreatedLabels, Metrics, StoreErrorLabels};
+use problem::ApiError;
+use sessions::OpName;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn SessionStore>,
+    pub settings: Arc<Settings>,
+    pub hasher: ClientHasher,
+    pub ids: Arc<dyn IdSource>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Keeps `store_up` and the error counters current from every store answer.
+    pub fn record_store_result<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => {
+                self.metrics.store_up.set(1);
+            }
+            Err(e) => {
+                let kind = match e {
+                    StoreError::Unavailable(_) => "unavailable",
+                    StoreError::Corrupt(_) => "corrupt",
+                    StoreError::Failed(_) => "failed",
+                };
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.metrics.store_up.set(0);
+                }
+                self.metrics
+                    .store_errors
+                    .get_or_create(&StoreErrorLabels { kind: kind.into() })
+                    .inc();
+            }
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_created(&self, namespace: &str, reason: Reason) {
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.sessions_created
+            .get_or_create(&CreatedLabels {
+                namespace: namespace.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+fn post(op: OpName) -> Route {
+    web::post().to(move |req, state, body| sessions::call(op, req, state, body))
+}
+
+/// 405 for a known path called with another method.
+fn only(allowed: &'static str) -> Route {
+    web::route().to(move |req: HttpRequest| async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allowed,
+        })
+    })
+}
+
+/// Registers every route of the API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let calls = [
+        ("/current", OpName::Current),
+        ("/tick", OpName::Tick),
+        ("/foreground", OpName::Foreground),
+        ("/background", OpName::Background),
+        ("/end", OpName::End),
+    ];
+    let mut scope = web::scope("/v1/sessions").wrap(from_fn(cors::middleware));
+    for (path, op) in calls {
+        scope = scope.service(
+            web::resource(path)
+                .route(post(op))
+                .default_service(only("POST")),
+        );
+    }
+    scope = scope
+        .service(
+            web::resource("/batch")
+                .route(web::post().to(sessions::batch))
+                .default_service(only("POST")),
+        )
+        .service(
+            web::resource("/{session_id}")
+                .route(web::get().to(lookup::lookup))
+                .default_service(only("GET")),
+        );
+    cfg.service(scope);
+    for (path, handler) in [
+        ("/healthz", web::get().to(system::healthz)),
+        ("/readyz", web::get().to(system::readyz)),
+        ("/metrics", web::get().to(system::metrics)),
+        ("/openapi.yaml", web::get().to(system::openapi)),
+    ] {
+        cfg.service(
+            web::resource(path)
+                .route(handler)
+                .default_service(only("GET")),
+        );
+    }
+    cfg.default_service(web::to(|req: HttpRequest| async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound(body::truncate(req.path(), 100)))
+    }));
+}
+
+/// Observes every request's duration by route pattern, method and status.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let response = next.call(req).await?;
+    if method != Method::OPTIONS
+        && let Some(state) = response.request().app_data::<web::Data<AppState>>()
+    {
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        state.metrics.observe_request(
+            method.as_str(),
+            &route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    Ok(response)
+}

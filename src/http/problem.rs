@@ -1,0 +1,145 @@
+//! Every error the API answers, and its one mapping to RFC 9457 problem+json.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the body must be application/json or text/plain, not {0}")]
+    UnsupportedMediaType(String),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no namespace {0:?} is configured")]
+    UnknownNamespace(String),
+    #[error("the client has no live session")]
+    NoLiveSession,
+    #[error("no session {0} is retained")]
+    SessionNotFound(String),
+    #[error("no route {0}")]
+    RouteNotFound(String),
+    #[error("{method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
+    #[error("origin {0:?} is not allowed for this namespace")]
+    OriginNotAllowed(String),
+    #[error("the session store is unavailable; retry shortly")]
+    StoreUnavailable,
+    #[error("an internal error occurred")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl ToString) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    fn slug_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::InvalidField { .. } => ("invalid-field", "A field is invalid"),
+            Self::MalformedJson(_) => ("malformed-json", "The body is not valid JSON"),
+            Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            Self::PayloadTooLarge { .. } => ("payload-too-large", "The body is too large"),
+            Self::UnknownNamespace(_) => ("unknown-namespace", "Unknown namespace"),
+            Self::NoLiveSession => ("no-live-session", "No live session"),
+            Self::SessionNotFound(_) => ("session-not-found", "Session not found"),
+            Self::RouteNotFound(_) => ("not-found", "Not found"),
+            Self::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
+            Self::OriginNotAllowed(_) => ("origin-not-allowed", "Origin not allowed"),
+            Self::StoreUnavailable => ("store-unavailable", "The session store is unavailable"),
+            Self::Internal => ("internal", "Internal error"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (slug, title) = self.slug_and_title();
+        Problem {
+            kind: format!("urn:sessiond:problem:{slug}"),
+            title,
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+            field: match self {
+                Self::InvalidField { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownNamespace(_)
+            | Self::NoLiveSession
+            | Self::SessionNotFound(_)
+            | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.content_type("application/problem+json");
+        match self {
+            Self::StoreUnavailable => {
+                response
+                    .insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+            }
+            Self::MethodNotAllowed { allowed, .. } => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allowed)));
+            }
+            _ => {}
+        }
+        response.json(self.problem())
+    }
+}
+
+// Store details go to the log with context, never into a response body.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "session store unavailable");
+                Self::StoreUnavailable
+            }
+            StoreError::Corrupt(detail) | StoreError::Failed(detail) => {
+                tracing::error!(%detail, "session store call failed");
+                Self::Internal
+            }
+        }
+    }
+}

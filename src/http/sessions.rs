@@ -1,0 +1,273 @@
+//! The session calls: current, tick, foreground, background, end, and batch.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::body::{JsonBody, decode, truncate};
+use super::problem::{ApiError, Problem};
+use super::views::{SessionBody, SessionRecord};
+use super::{AppState, cors};
+use crate::domain::namespace::DEFAULT_NAMESPACE;
+use crate::domain::{Attributes, ClientKey, EndStatus, Namespace, Op, SessionId};
+use crate::store::{Command, Outcome, StoreError};
+
+/// The calls that decide a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpName {
+    Current,
+    Tick,
+    Foreground,
+    Background,
+    End,
+}
+
+/// The body of a call, and of one batch operation (which also names its `op`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallBody {
+    op: Option<OpName>,
+    namespace: Option<String>,
+    client: Option<String>,
+    attributes: Option<AttributesBody>,
+    create: Option<bool>,
+    status: Option<EndStatus>,
+    session_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributesBody {
+    release: Option<String>,
+    environment: Option<String>,
+    platform: Option<String>,
+    user_id: Option<String>,
+}
+
+/// A call validated against the configuration, ready for the store.
+struct ParsedCall {
+    command: Command,
+    minted: Option<ClientKey>,
+}
+
+impl AppState {
+    /// Validates a call: every field, the namespace and the caller's origin. `prefix` names
+    /// the place of the body within the request (a batch operation's index).
+    fn parse_call(
+        &self,
+        req: &HttpRequest,
+        op: OpName,
+        body: CallBody,
+        prefix: &str,
+    ) -> Result<ParsedCall, ApiError> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let raw_ns = body.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let (namespace, settings) = Namespace::parse(raw_ns)
+            .ok()
+            .and_then(|n| self.settings.namespaces.get_key_value(&n))
+            .ok_or_else(|| ApiError::UnknownNamespace(truncate(raw_ns, 64)))?;
+        cors::check(req, settings)?;
+        let (client, minted) = match body.client {
+            Some(raw) => (
+                ClientKey::parse(&raw, self.settings.min_client_length)
+                    .map_err(|e| ApiError::invalid(field("client"), e))?,
+                None,
+            ),
+            None => {
+                let key = self.ids.client_key();
+                (key.clone(), Some(key))
+            }
+        };
+        let attrs = body.attributes.unwrap_or_default();
+        let attributes = Attributes::parse(
+            attrs.release,
+            attrs.environment,
+            attrs.platform,
+            attrs.user_id,
+        )
+        .map_err(|(name, e)| ApiError::invalid(field(&format!("attributes.{name}")), e))?;
+        let only = |present: bool, name: &str, call: &str| {
+            if present {
+                Err(ApiError::invalid(
+                    field(name),
+                    format!("applies only to {call}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if op != OpName::Current {
+            only(body.create.is_some(), "create", "current")?;
+        }
+        if op != OpName::End {
+            only(body.status.is_some(), "status", "end")?;
+            only(body.session_id.is_some(), "session_id", "end")?;
+        }
+        let op = match op {
+            OpName::Current => Op::Current {
+                create: body.create.unwrap_or(true),
+            },
+            OpName::Tick => Op::Tick,
+            OpName::Foreground => Op::Foreground,
+            OpName::Background => Op::Background,
+            OpName::End => Op::End {
+                status: body.status.unwrap_or(EndStatus::Exited),
+                session_id: body
+                    .session_id
+                    .map(|raw| {
+                        SessionId::parse(&raw)
+                            .map_err(|e| ApiError::invalid(field("session_id"), e))
+                    })
+                    .transpose()?,
+            },
+        };
+        Ok(ParsedCall {
+            command: Command {
+                namespace: namespace.clone(),
+                client: self.hasher.hash(&client),
+                policy: settings.policy,
+                op,
+                attributes,
+            },
+            minted,
+        })
+    }
+
+    /// Turns a store's answer into the response body.
+    fn answer(
+        &self,
+        call: ParsedCall,
+        outcome: Result<Outcome, StoreError>,
+    ) -> Result<SessionBody, ApiError> {
+        self.record_store_result(&outcome);
+        match outcome? {
+            Outcome::Session {
+                session,
+                created,
+                now,
+            } => {
+                let namespace = call.command.namespace.as_str();
+                if created {
+                    self.metrics.count_created(namespace, session.reason);
+                }
+                Ok(SessionBody {
+                    record: SessionRecord::at(namespace, &session, &call.command.policy, now),
+                    created,
+                    client: call.minted.map(|k| k.as_str().to_owned()),
+                })
+            }
+            Outcome::NoLiveSession => Err(ApiError::NoLiveSession),
+            Outcome::UnknownSession => {
+                let id = match &call.command.op {
+                    Op::End {
+                        session_id: Some(id),
+                        ..
+                    } => id.to_string(),
+                    _ => String::new(),
+                };
+                Err(ApiError::SessionNotFound(id))
+            }
+        }
+    }
+}
+
+/// `POST /v1/sessions/{op}`.
+pub async fn call(
+    op: OpName,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    JsonBody(body): JsonBody<CallBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.op.is_some() {
+        return Err(ApiError::invalid(
+            "op",
+            "names the call only in batch operations",
+        ));
+    }
+    let parsed = state.parse_call(&req, op, body, "")?;
+    let outcome = state.store.execute(&parsed.command).await;
+    let body = state.answer(parsed, outcome)?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    operations: Vec<serde_json::Value>,
+}
+
+/// Each batch result is a session or a problem.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BatchResult {
+    Session(Box<SessionBody>),
+    Problem(Problem),
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResponse {
+    results: Vec<BatchResult>,
+}
+
+/// `POST /v1/sessions/batch`: many calls for many clients, answered in order.
+pub async fn batch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> Result<HttpResponse, ApiError> {
+    let max = state.settings.max_batch;
+    if body.operations.len() > max {
+        return Err(ApiError::invalid(
+            "operations",
+            format!("holds at most {max} operations"),
+        ));
+    }
+    let parsed: Vec<Result<ParsedCall, ApiError>> = body
+        .operations
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let prefix = format!("operations[{i}].");
+            let text = value.to_string();
+            let body: CallBody = decode(text.as_bytes()).map_err(|e| match e {
+                ApiError::InvalidField { field, message } => ApiError::InvalidField {
+                    field: if field == "body" {
+                        format!("operations[{i}]")
+                    } else {
+                        format!("{prefix}{field}")
+                    },
+                    message,
+                },
+                other => other,
+            })?;
+            let op = body.op.ok_or_else(|| {
+                ApiError::invalid(format!("{prefix}op"), "is required in a batch operation")
+            })?;
+            state.parse_call(&req, op, body, &prefix)
+        })
+        .collect();
+    let commands: Vec<Command> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .map(|p| p.command.clone())
+        .collect();
+    let mut outcomes = state.store.execute_batch(&commands).await.into_iter();
+    let results = parsed
+        .into_iter()
+        .map(|p| {
+            let answered = p.and_then(|call| {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(StoreError::Failed(
+                        "the store answered fewer operations than it was given".into(),
+                    ))
+                });
+                state.answer(call, outcome)
+            });
+            match answered {
+                Ok(session) => BatchResult::Session(Box::new(session)),
+                Err(e) => BatchResult::Problem(e.problem()),
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(BatchResponse { results }))
+}

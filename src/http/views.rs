@@ -1,0 +1,83 @@
+//! The JSON shapes of sessions in responses, and RFC 3339 times with milliseconds.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use crate::domain::decision::{deadline, finalized, over};
+use crate::domain::{Attributes, Policy, Reason, SessionState, Status};
+
+/// What the store knows of one session, as answered by every call and by lookup.
+#[derive(Debug, Serialize)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub namespace: String,
+    pub index: u64,
+    pub previous_session_id: Option<String>,
+    pub started_at: String,
+    pub last_activity_at: String,
+    /// When it idles out if nothing happens; for a session that is over, when it ended.
+    pub expires_at: String,
+    pub ended_at: Option<String>,
+    pub reason: Reason,
+    pub status: Status,
+    pub attributes: Attributes,
+}
+
+/// A session as the answer to a call.
+#[derive(Debug, Serialize)]
+pub struct SessionBody {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    /// Whether this call started it.
+    pub created: bool,
+    /// The client key the service minted for a caller that brought none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+impl SessionRecord {
+    /// Presents a session at `now`: one that is over shows when it ended and its final status.
+    pub fn at(namespace: &str, session: &SessionState, policy: &Policy, now: i64) -> Self {
+        let shown = if over(session, policy, now).is_some() {
+            finalized(session, policy, now)
+        } else {
+            session.clone()
+        };
+        let expires = deadline(&shown, policy).map_or(shown.last_activity_at, |(at, _)| at);
+        Self {
+            session_id: shown.id.to_string(),
+            namespace: namespace.to_owned(),
+            index: shown.index,
+            previous_session_id: shown.previous.as_ref().map(ToString::to_string),
+            started_at: rfc3339(shown.started_at),
+            last_activity_at: rfc3339(shown.last_activity_at),
+            expires_at: rfc3339(expires),
+            ended_at: shown.ended_at.map(rfc3339),
+            reason: shown.reason,
+            status: shown.status,
+            attributes: shown.attributes,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-23T01:52:58.123Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_225_978_123), "2026-11-21T01:52:58.123Z");
+    }
+}

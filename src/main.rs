@@ -1,0 +1,35 @@
+//! The sessiond binary: reads the configuration, then serves until stopped.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sessiond::config::{Cli, Settings};
+use sessiond::startup::Application;
+use sessiond::telemetry;
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format);
+    let settings = match Settings::load(&cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

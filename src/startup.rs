@@ -1,0 +1,151 @@
+//! Building the application: the store chosen by the configuration, the HTTP server bound to
+//! its listener, and the port it got (port 0 in tests).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use secrecy::SecretString;
+
+use crate::config::Settings;
+use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
+use crate::http::{self, AppState};
+use crate::store::{MemoryStore, RedisStore, SessionStore, StoreError};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A built application: bound, not yet serving.
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Arc<dyn SessionStore>,
+}
+
+/// The parts tests may replace; production uses the OS's randomness and clock.
+pub struct Sources {
+    pub ids: Arc<dyn IdSource>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            ids: Arc::new(OsRandom),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        Self::build_with(settings, Sources::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, sources: Sources) -> Result<Self, StartError> {
+        let Sources { ids, clock } = sources;
+        let store: Arc<dyn SessionStore> = match &settings.redis_url {
+            Some(url) => {
+                tracing::info!(prefix = %settings.key_prefix, "sessions are kept in Redis");
+                Arc::new(RedisStore::connect(
+                    url,
+                    &settings.key_prefix,
+                    settings.store_timeout,
+                    ids.clone(),
+                    settings.retention,
+                )?)
+            }
+            None => {
+                tracing::warn!(
+                    "no Redis URL given: sessions are kept in memory and live only as long as this process"
+                );
+                let memory = Arc::new(MemoryStore::new(clock, ids.clone(), settings.retention));
+                spawn_janitor(Arc::downgrade(&memory));
+                memory
+            }
+        };
+        // The in-memory store may key client hashes with a secret drawn per process, since
+        // its sessions do not outlive the process either.
+        let secret = settings.secret.clone().unwrap_or_else(|| {
+            let key = ids.client_key();
+            SecretString::from(key.as_str().to_owned())
+        });
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            hasher: ClientHasher::new(&secret),
+            ids,
+            metrics: Arc::new(Metrics::new(store.kind())),
+            settings: Arc::new(settings.clone()),
+        });
+        let listener = TcpListener::bind(&settings.listen).map_err(|source| StartError::Bind {
+            address: settings.listen.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(http::observe))
+                .configure(http::routes)
+        });
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Bind {
+                address: settings.listen.clone(),
+                source,
+            })?
+            .run();
+        tracing::info!(port, store = store.kind(), "sessiond is listening");
+        Ok(Self {
+            port,
+            server,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server gracefully (in-flight calls finish) when asked.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn store(&self) -> Arc<dyn SessionStore> {
+        self.store.clone()
+    }
+
+    /// Serves until stopped by a signal (SIGTERM or SIGINT drain in-flight calls) or the handle.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Removes expired records from the in-memory store every second, so memory follows
+/// retention even for clients that never return; ends with the store.
+fn spawn_janitor(store: std::sync::Weak<MemoryStore>) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            interval.tick().await;
+            let Some(store) = store.upgrade() else { break };
+            store.purge_expired(100_000);
+        }
+    });
+}

@@ -1,0 +1,111 @@
+//! Session stores: one trait, implemented in memory (embedded) and on Redis (production).
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{Attributes, ClientHash, Namespace, Op, Policy, SessionId, SessionState};
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// How long records outlive their activity (CONTRACT section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A client's record lives this long after its last activity.
+    pub client: Duration,
+    /// A session stays readable by id this long after it is over.
+    pub session: Duration,
+}
+
+impl Retention {
+    pub fn client_ms(&self) -> i64 {
+        self.client.as_millis() as i64
+    }
+
+    pub fn session_ms(&self) -> i64 {
+        self.session.as_millis() as i64
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            client: Duration::from_secs(30 * 24 * 3600),
+            session: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One call for one client, validated and ready to decide.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub namespace: Namespace,
+    pub client: ClientHash,
+    pub policy: Policy,
+    pub op: Op,
+    pub attributes: Attributes,
+}
+
+/// What a store answers to a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every answer is a session; boxing it would allocate on every call"
+)]
+pub enum Outcome {
+    /// The session the call resolved to; `now` is the store's clock at the decision.
+    Session {
+        session: SessionState,
+        created: bool,
+        now: i64,
+    },
+    /// The call must not create and there is no live session.
+    NoLiveSession,
+    /// `end` named a session this client does not have (or no longer retains).
+    UnknownSession,
+}
+
+/// A session found by id, with the store's clock at the lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub namespace: String,
+    pub session: SessionState,
+    /// Whether it is the client's current session (as opposed to a retained earlier one).
+    pub current: bool,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time or could not be reached.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with data this version cannot read.
+    #[error("the store returned unreadable data: {0}")]
+    Corrupt(String),
+    /// The store refused the call for a reason that retrying will not fix.
+    #[error("the store call failed: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Decides one call atomically on the store's clock.
+    async fn execute(&self, command: &Command) -> Result<Outcome, StoreError>;
+
+    /// Decides many calls, answered in order; each is atomic on its own.
+    async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>>;
+
+    /// What the store holds about one session id (retention is judged by the caller).
+    async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A name for logs and metrics.
+    fn kind(&self) -> &'static str;
+}

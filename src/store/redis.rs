@@ -1,0 +1,417 @@
+//! The Redis store: every decision is one server-side script on the Redis server's clock.
+//!
+//! Keys (all of one client share the `{namespace:hash}` tag, so they live in one slot):
+//! - `PREFIX:{ns:hash}:c`  the client's current session, JSON, expiring with client retention;
+//! - `PREFIX:{ns:hash}:a`  hash of the client's earlier sessions still retained;
+//! - `PREFIX:id:{id}`      the pointer from a session id to its client's tag. Reserving it with
+//!   `SET NX` is what makes ids unique among retained sessions; it has its own slot, so it is
+//!   written in a step of its own, before the script that starts the session.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError, RedisResult, RetryMethod, Script, Value};
+
+use super::{Command, Found, Outcome, Retention, SessionStore, StoreError};
+use crate::domain::decision::{deadline, started};
+use crate::domain::{
+    Attributes, ClientHash, EndStatus, IdSource, Mode, Namespace, OnUserChange, Op, Reason,
+    SessionId, SessionState,
+};
+
+/// How long past its retention a session id's pointer may outlive it: the pointer is
+/// extended only when a session's retention passes it, so busy sessions extend it rarely.
+const POINTER_SLACK_MS: i64 = 3_600_000;
+
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    ids: Arc<dyn IdSource>,
+    retention: Retention,
+    session_script: Script,
+    find_script: Script,
+}
+
+/// A script's answer before it is read into an [`Outcome`].
+enum Reply {
+    Session {
+        json: String,
+        now: i64,
+        extend_pointer_to: i64,
+    },
+    NeedId,
+    NoLive,
+    Unknown,
+}
+
+impl RedisStore {
+    /// Prepares the store; the connection is made on first use and remade after failures,
+    /// so sessiond starts and recovers without Redis being there at that moment.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        ids: Arc<dyn IdSource>,
+        retention: Retention,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Failed(format!("bad Redis URL: {e}")))?;
+        // Bounded connection and response times, and a short reconnect backoff, so a call
+        // during an outage fails within the store timeout and recovery is quick.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200))
+            .set_number_of_retries(2);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Failed(format!("cannot prepare the Redis connection: {e}")))?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+            timeout,
+            ids,
+            retention,
+            session_script: Script::new(include_str!("session.lua")),
+            find_script: Script::new(include_str!("find.lua")),
+        })
+    }
+
+    /// The current-session and archive keys of the client with this tag.
+    fn client_keys(&self, tag: &str) -> [String; 2] {
+        [
+            format!("{}:{{{tag}}}:c", self.prefix),
+            format!("{}:{{{tag}}}:a", self.prefix),
+        ]
+    }
+
+    fn pointer_key(&self, id: &SessionId) -> String {
+        format!("{}:id:{{{id}}}", self.prefix)
+    }
+
+    /// Runs a store call within the store timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn invocation<'a>(
+        &'a self,
+        cmd: &Command,
+        candidate: Option<&SessionId>,
+    ) -> redis::ScriptInvocation<'a> {
+        let [current, archive] = self.client_keys(&client_tag(&cmd.namespace, &cmd.client));
+        let (op, create, status, end_id) = match &cmd.op {
+            Op::Current { create } => ("current", *create, None, None),
+            Op::Tick => ("tick", true, None, None),
+            Op::Foreground => ("foreground", true, None, None),
+            Op::Background => ("background", true, None, None),
+            Op::End { status, session_id } => ("end", false, Some(*status), session_id.as_ref()),
+        };
+        let policy = &cmd.policy;
+        let mut call = self.session_script.key(current);
+        call.key(archive)
+            .arg(op)
+            .arg(if create { "1" } else { "0" })
+            .arg(status.map_or("", end_status_name))
+            .arg(end_id.map_or("", SessionId::as_str))
+            .arg(policy.idle_timeout_ms)
+            .arg(
+                policy
+                    .max_duration_ms
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(match policy.mode {
+                Mode::Inactivity => "inactivity",
+                Mode::Background => "background",
+            })
+            .arg(match policy.on_user_change {
+                OnUserChange::Keep => "keep",
+                OnUserChange::Restart => "restart",
+            })
+            .arg(self.retention.client_ms())
+            .arg(self.retention.session_ms())
+            .arg(POINTER_SLACK_MS)
+            .arg(candidate.map_or("", SessionId::as_str))
+            .arg(attributes_json(&cmd.attributes));
+        call
+    }
+
+    /// Reserves a fresh session id for a client: its pointer, set only if no retained
+    /// session holds the id. A collision draws again.
+    async fn reserve_id(&self, cmd: &Command) -> Result<SessionId, StoreError> {
+        let tag = client_tag(&cmd.namespace, &cmd.client);
+        // Long enough for the session's first stretch; the script extends it from there.
+        let probe = started(
+            SessionId::from_bytes([0; SessionId::BYTES]),
+            None,
+            Reason::NewClient,
+            Attributes::default(),
+            0,
+        );
+        let first_deadline = deadline(&probe, &cmd.policy).map_or(0, |(at, _)| at);
+        let ttl_ms = first_deadline + self.retention.session_ms() + POINTER_SLACK_MS + 60_000;
+        loop {
+            let candidate = self.ids.session_id();
+            let mut con = self.connection.clone();
+            let set: Option<String> = self
+                .bounded(
+                    redis::cmd("SET")
+                        .arg(self.pointer_key(&candidate))
+                        .arg(&tag)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async(&mut con),
+                )
+                .await?;
+            if set.is_some() {
+                return Ok(candidate);
+            }
+            tracing::warn!("session id collision among retained sessions; drawing again");
+        }
+    }
+
+    async fn run(&self, cmd: &Command, candidate: Option<&SessionId>) -> Result<Reply, StoreError> {
+        let mut con = self.connection.clone();
+        let invocation = self.invocation(cmd, candidate);
+        let value: Value = self.bounded(invocation.invoke_async(&mut con)).await?;
+        parse_reply(value)
+    }
+
+    /// Turns a script reply into an outcome, finishing the steps that live outside the
+    /// client's slot: releasing an unused id reservation and extending a pointer.
+    async fn finish(
+        &self,
+        reply: Reply,
+        candidate: Option<SessionId>,
+    ) -> Result<Outcome, StoreError> {
+        let outcome = match reply {
+            Reply::Session {
+                json,
+                now,
+                extend_pointer_to,
+            } => {
+                let session = parse_session(&json)?;
+                if extend_pointer_to > 0 {
+                    self.extend_pointer(&session.id, extend_pointer_to).await;
+                }
+                // Created only if the stored id is the one this call reserved: a re-sent
+                // script that finds its own session still reports it as created.
+                let created = candidate.as_ref() == Some(&session.id);
+                Outcome::Session {
+                    session,
+                    created,
+                    now,
+                }
+            }
+            Reply::NoLive => Outcome::NoLiveSession,
+            Reply::Unknown => Outcome::UnknownSession,
+            Reply::NeedId => {
+                return Err(StoreError::Failed(
+                    "the script asked twice for an id".into(),
+                ));
+            }
+        };
+        if let Some(unused) = candidate
+            .filter(|c| !matches!(&outcome, Outcome::Session { session, .. } if session.id == *c))
+        {
+            self.release_id(&unused).await;
+        }
+        Ok(outcome)
+    }
+
+    async fn extend_pointer(&self, id: &SessionId, until_ms: i64) {
+        let mut con = self.connection.clone();
+        let key = self.pointer_key(id);
+        if let Err(e) = self.bounded(con.pexpire_at::<_, ()>(key, until_ms)).await {
+            tracing::warn!(error = %e, "could not extend a session id pointer; lookups by id may end early");
+        }
+    }
+
+    /// Drops the reservation of an id that lost a race to a concurrent call.
+    async fn release_id(&self, id: &SessionId) {
+        let mut con = self.connection.clone();
+        if let Err(e) = self.bounded(con.del::<_, ()>(self.pointer_key(id))).await {
+            tracing::warn!(error = %e, "could not release an unused session id; it expires on its own");
+        }
+    }
+
+    async fn execute_with_id(&self, cmd: &Command) -> Result<Outcome, StoreError> {
+        let candidate = self.reserve_id(cmd).await?;
+        let reply = self.run(cmd, Some(&candidate)).await?;
+        self.finish(reply, Some(candidate)).await
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
+        match self.run(command, None).await? {
+            Reply::NeedId => self.execute_with_id(command).await,
+            reply => self.finish(reply, None).await,
+        }
+    }
+
+    /// All calls go in one pipelined round trip. A call that must start a session needs
+    /// more (an id reservation, then the decision again); the calls after it for the same
+    /// client saw the state before that start, and changed nothing (every decision on a
+    /// missing or expired session either starts one or only reads), so they are decided
+    /// again, in order, after it. Different clients proceed concurrently.
+    async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
+        let mut pipe = redis::pipe();
+        // Pipelines do not reload scripts on NOSCRIPT; loading first makes them present.
+        pipe.load_script(&self.session_script).ignore();
+        for cmd in commands {
+            pipe.invoke_script(&self.invocation(cmd, None));
+        }
+        let mut con = self.connection.clone();
+        let replies: Vec<RedisResult<Value>> = match self
+            .bounded(pipe.ignore_errors().query_async(&mut con))
+            .await
+        {
+            Ok(replies) => replies,
+            Err(e) => return commands.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut replies = replies.into_iter();
+        let mut finished = Vec::new();
+        // Per client, the calls decided again in order, the first of which starts a session.
+        let mut chains: Vec<(&Command, Vec<usize>)> = Vec::new();
+        for (i, cmd) in commands.iter().enumerate() {
+            let reply = replies.next().unwrap_or_else(|| {
+                Err(RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "missing pipeline reply",
+                )))
+            });
+            let same_client = |c: &Command| c.namespace == cmd.namespace && c.client == cmd.client;
+            if let Some((_, chain)) = chains.iter_mut().find(|(first, _)| same_client(first)) {
+                chain.push(i);
+                continue;
+            }
+            match reply.map_err(classify).and_then(parse_reply) {
+                Ok(Reply::NeedId) => chains.push((cmd, vec![i])),
+                Ok(reply) => finished.push((i, self.finish(reply, None).await)),
+                Err(e) => finished.push((i, Err(e))),
+            }
+        }
+        let chains = chains.into_iter().map(|(_, chain)| async move {
+            let mut answers = Vec::with_capacity(chain.len());
+            for (n, &i) in chain.iter().enumerate() {
+                let answer = if n == 0 {
+                    self.execute_with_id(&commands[i]).await
+                } else {
+                    self.execute(&commands[i]).await
+                };
+                answers.push((i, answer));
+            }
+            answers
+        });
+        finished.extend(
+            futures_util::future::join_all(chains)
+                .await
+                .into_iter()
+                .flatten(),
+        );
+        finished.sort_by_key(|(i, _)| *i);
+        finished.into_iter().map(|(_, answer)| answer).collect()
+    }
+
+    async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError> {
+        let mut con = self.connection.clone();
+        let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
+        let Some(tag) = tag else { return Ok(None) };
+        let Some((namespace, _)) = tag.split_once(':') else {
+            return Err(StoreError::Corrupt(format!("pointer of {id} holds no tag")));
+        };
+        let [current, archive] = self.client_keys(&tag);
+        let (now, place, json): (i64, String, String) = self
+            .bounded(
+                self.find_script
+                    .key(current)
+                    .key(archive)
+                    .arg(id.as_str())
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        if place == "none" {
+            return Ok(None);
+        }
+        Ok(Some(Found {
+            namespace: namespace.to_owned(),
+            session: parse_session(&json)?,
+            current: place == "current",
+            now,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.connection.clone();
+        self.bounded(redis::cmd("PING").query_async::<()>(&mut con))
+            .await
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+fn client_tag(namespace: &Namespace, client: &ClientHash) -> String {
+    format!("{namespace}:{}", client.as_str())
+}
+
+fn end_status_name(status: EndStatus) -> &'static str {
+    match status {
+        EndStatus::Exited => "exited",
+        EndStatus::Crashed => "crashed",
+        EndStatus::Abnormal => "abnormal",
+    }
+}
+
+fn attributes_json(attributes: &Attributes) -> String {
+    // Serializing four optional strings cannot fail.
+    serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into())
+}
+
+/// Transient failures (connection, timeout, failover) make the store unavailable; anything
+/// else is a fault of ours or of the data.
+fn classify(e: RedisError) -> StoreError {
+    match e.retry_method() {
+        RetryMethod::NoRetry => StoreError::Failed(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn parse_reply(value: Value) -> Result<Reply, StoreError> {
+    let (kind, now, json, pointer): (String, i64, String, i64) = redis::from_redis_value(value)
+        .map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))?;
+    Ok(match kind.as_str() {
+        "s" => Reply::Session {
+            json,
+            now,
+            extend_pointer_to: pointer,
+        },
+        "need" => Reply::NeedId,
+        "nolive" => Reply::NoLive,
+        "unknown" => Reply::Unknown,
+        other => return Err(StoreError::Corrupt(format!("script reply kind {other}"))),
+    })
+}
+
+fn parse_session(json: &str) -> Result<SessionState, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("stored session: {e}")))
+}

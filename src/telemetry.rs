@@ -1,0 +1,119 @@
+//! Telemetry: structured logs through tracing, and the Prometheus metrics the service exports.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global log subscriber; `SESSIOND_LOG` (or `RUST_LOG`) filters, default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SESSIOND_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    // A second install (tests build several apps) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CreatedLabels {
+    pub namespace: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub kind: String,
+}
+
+/// The service's metrics, registered once per application.
+pub struct Metrics {
+    registry: Registry,
+    pub request_duration: Family<RequestLabels, Histogram>,
+    pub sessions_created: Family<CreatedLabels, Counter>,
+    pub store_errors: Family<StoreErrorLabels, Counter>,
+    pub store_up: Gauge,
+}
+
+fn request_histogram() -> Histogram {
+    // 100 µs to about 3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new(store_kind: &str) -> Self {
+        let mut registry = Registry::with_prefix("sessiond");
+        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request duration by route and status",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        let sessions_created = Family::<CreatedLabels, Counter>::default();
+        registry.register(
+            "sessions_created",
+            "Sessions started, by namespace and reason",
+            sessions_created.clone(),
+        );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Store calls that failed, by kind",
+            store_errors.clone(),
+        );
+        let store_up = Gauge::default();
+        store_up.set(1);
+        registry.register(
+            "store_up",
+            format!("Whether the {store_kind} store answered its last call (1) or not (0)"),
+            store_up.clone(),
+        );
+        Self {
+            registry,
+            request_duration,
+            sessions_created,
+            store_errors,
+            store_up,
+        }
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.request_duration
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition, which Prometheus scrapes.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

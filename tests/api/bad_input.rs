@@ -1,0 +1,286 @@
+//! Guarantee 5: bad input gets a clear problem+json answer naming what is wrong, and changes
+//! nothing in the store.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Store, TestApp, new_client, spawn_app};
+use crate::on_both_stores;
+
+on_both_stores!(every_class_of_bad_input_gets_its_problem_and_changes_nothing);
+
+const CONFIG: &str = r#"
+body_limit = 2048
+max_batch = 3
+min_client_length = 8
+
+[namespaces.web]
+idle_timeout = "10m"
+"#;
+
+/// What a client's session looks like, read without counting as activity.
+async fn snapshot(app: &TestApp, client: &str) -> Value {
+    app.current(json!({"namespace": "web", "client": client, "create": false}))
+        .await
+        .expect(200)
+}
+
+/// The number of keys in the store, when it is Redis.
+fn keys(app: &TestApp) -> Option<i64> {
+    app.redis.as_ref().map(|r| r.integer("DBSIZE"))
+}
+
+async fn every_class_of_bad_input_gets_its_problem_and_changes_nothing(store: Store) {
+    let app = spawn_app(store, CONFIG).await;
+    let client = new_client();
+    app.tick(json!({"namespace": "web", "client": client}))
+        .await
+        .expect(200);
+    let before = snapshot(&app, &client).await;
+    let keys_before = keys(&app);
+    let tick = "/v1/sessions/tick";
+    let with = |extra: Value| {
+        let mut body = json!({"namespace": "web", "client": client});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+
+    // (request, status, problem type, field)
+    let json_cases: Vec<(&str, Value, u16, &str, Option<&str>)> = vec![
+        (
+            tick,
+            with(json!({"client": 42})),
+            400,
+            "invalid-field",
+            Some("client"),
+        ),
+        (
+            tick,
+            with(json!({"client": "has space"})),
+            400,
+            "invalid-field",
+            Some("client"),
+        ),
+        (
+            tick,
+            with(json!({"client": "short"})),
+            400,
+            "invalid-field",
+            Some("client"),
+        ),
+        (
+            tick,
+            with(json!({"client": "x".repeat(129)})),
+            400,
+            "invalid-field",
+            Some("client"),
+        ),
+        (
+            tick,
+            with(json!({"attributes": {"release": "r".repeat(300)}})),
+            400,
+            "invalid-field",
+            Some("attributes.release"),
+        ),
+        (
+            tick,
+            with(json!({"attributes": {"user_id": ""}})),
+            400,
+            "invalid-field",
+            Some("attributes.user_id"),
+        ),
+        (
+            tick,
+            with(json!({"attributes": {"color": "red"}})),
+            400,
+            "invalid-field",
+            Some("attributes"),
+        ),
+        (
+            tick,
+            with(json!({"attributes": "1.0"})),
+            400,
+            "invalid-field",
+            Some("attributes"),
+        ),
+        (
+            tick,
+            with(json!({"surprise": true})),
+            400,
+            "invalid-field",
+            Some("surprise"),
+        ),
+        (
+            tick,
+            with(json!({"create": false})),
+            400,
+            "invalid-field",
+            Some("create"),
+        ),
+        (
+            tick,
+            with(json!({"op": "tick"})),
+            400,
+            "invalid-field",
+            Some("op"),
+        ),
+        (
+            tick,
+            with(json!({"namespace": "nowhere"})),
+            404,
+            "unknown-namespace",
+            None,
+        ),
+        (
+            tick,
+            with(json!({"namespace": "Web{}"})),
+            404,
+            "unknown-namespace",
+            None,
+        ),
+        (
+            "/v1/sessions/end",
+            with(json!({"status": "exploded"})),
+            400,
+            "invalid-field",
+            Some("status"),
+        ),
+        (
+            "/v1/sessions/end",
+            with(json!({"session_id": "XYZ"})),
+            400,
+            "invalid-field",
+            Some("session_id"),
+        ),
+        (
+            "/v1/sessions/current",
+            with(json!({"create": "no"})),
+            400,
+            "invalid-field",
+            Some("create"),
+        ),
+        (
+            "/v1/sessions/batch",
+            json!({"operations": [{}, {}, {}, {}]}),
+            400,
+            "invalid-field",
+            Some("operations"),
+        ),
+        (
+            "/v1/sessions/batch",
+            json!({"operations": "all"}),
+            400,
+            "invalid-field",
+            Some("operations"),
+        ),
+        (
+            "/v1/sessions/batch",
+            json!({}),
+            400,
+            "invalid-field",
+            Some("body"),
+        ),
+    ];
+    for (path, body, status, kind, field) in json_cases {
+        let problem = app.post(path, body.clone()).await.problem(status);
+        assert_eq!(
+            problem["type"],
+            format!("urn:sessiond:problem:{kind}"),
+            "{path} {body}"
+        );
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        if let Some(field) = field {
+            let named = problem["field"].as_str().unwrap_or_default();
+            assert!(
+                named == field || named.starts_with(&format!("{field}.")),
+                "{path} {body}: field {named}, expected {field}"
+            );
+        }
+    }
+
+    // Bodies that are not what JSON calls accept.
+    let raw_cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            Some("application/json"),
+            b"{\"client\": ".to_vec(),
+            400,
+            "malformed-json",
+        ),
+        (
+            Some("application/json"),
+            b"{} {}".to_vec(),
+            400,
+            "malformed-json",
+        ),
+        (
+            Some("application/json"),
+            b"[1, 2]".to_vec(),
+            400,
+            "invalid-field",
+        ),
+        (
+            Some("application/json"),
+            b"\"tick\"".to_vec(),
+            400,
+            "invalid-field",
+        ),
+        (
+            Some("application/json"),
+            vec![0xff, 0xfe],
+            400,
+            "malformed-json",
+        ),
+        (
+            Some("text/plain"),
+            b"not json".to_vec(),
+            400,
+            "malformed-json",
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            b"client=abc".to_vec(),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            Some("application/json"),
+            format!("{{\"client\": \"{}\"}}", "a".repeat(3000)).into_bytes(),
+            413,
+            "payload-too-large",
+        ),
+    ];
+    for (content_type, body, status, kind) in raw_cases {
+        let problem = app.post_raw(tick, content_type, body).await.problem(status);
+        assert_eq!(
+            problem["type"],
+            format!("urn:sessiond:problem:{kind}"),
+            "{content_type:?}"
+        );
+    }
+
+    // Routes and methods.
+    let wrong_method = app.request(Method::GET, tick, &[], None).await;
+    assert_eq!(
+        wrong_method.problem(405)["type"],
+        "urn:sessiond:problem:method-not-allowed"
+    );
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    app.request(
+        Method::DELETE,
+        "/v1/sessions/0123456789abcdef0123",
+        &[],
+        None,
+    )
+    .await
+    .problem(405);
+    app.request(Method::POST, "/healthz", &[], None)
+        .await
+        .problem(405);
+    app.get("/v2/anything").await.problem(404);
+
+    // Nothing above changed the session or added a key.
+    assert_eq!(snapshot(&app, &client).await, before);
+    assert_eq!(keys(&app), keys_before);
+}

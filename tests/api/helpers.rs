@@ -1,0 +1,297 @@
+//! Test support: `spawn_app` builds the real server on a real socket (port 0), on the
+//! in-memory store or on a harness-owned redis-server, and checks every answer against
+//! openapi.yaml.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use sessiond::config::Settings;
+use sessiond::domain::{ClientKey, IdSource, OsRandom, SessionId};
+use sessiond::startup::{Application, Sources};
+
+use crate::redis_server::{self, RedisServer};
+use crate::spec::spec;
+
+/// Which store an app runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Memory,
+    Redis,
+}
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub redis: Option<Arc<RedisServer>>,
+}
+
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status and returns the body.
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self.json()
+    }
+
+    /// Asserts a problem+json answer with this status and returns it.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text
+        );
+        let body = self.json();
+        assert_eq!(body["status"], status);
+        body
+    }
+}
+
+/// Settings from a TOML text, with the store chosen by the test.
+pub fn settings(store: Store, toml: &str, redis: Option<&RedisServer>) -> Settings {
+    let file = Settings::parse_file(toml).expect("test configuration parses");
+    let redis_url = match store {
+        Store::Memory => None,
+        Store::Redis => Some(redis.expect("a redis-server").url()),
+    };
+    let mut settings =
+        Settings::from_file(file, "127.0.0.1:0".into(), redis_url, Some(SECRET.into()))
+            .expect("test configuration is valid");
+    settings.workers = Some(2);
+    settings
+}
+
+pub async fn spawn_app(store: Store, toml: &str) -> TestApp {
+    spawn_app_with(store, toml, Sources::default()).await
+}
+
+pub async fn spawn_app_with(store: Store, toml: &str, sources: Sources) -> TestApp {
+    let redis = (store == Store::Redis).then(redis_server::shared);
+    spawn_on(store, toml, sources, redis).await
+}
+
+/// An app on a given redis-server (several instances may share one).
+pub async fn spawn_on(
+    store: Store,
+    toml: &str,
+    sources: Sources,
+    redis: Option<Arc<RedisServer>>,
+) -> TestApp {
+    let app = Application::build_with(settings(store, toml, redis.as_deref()), sources)
+        .await
+        .expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        redis,
+    }
+}
+
+/// A fresh client key, so tests sharing a redis-server never meet.
+pub fn new_client() -> String {
+    OsRandom.client_key().as_str().to_owned()
+}
+
+impl TestApp {
+    async fn finish(&self, method: &str, path: &str, response: reqwest::Response) -> TestResponse {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a readable body");
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        spec().check(method, path, status, content_type, &text);
+        TestResponse {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> TestResponse {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("the server answers");
+        self.finish("POST", path, response).await
+    }
+
+    /// Sends raw bytes with a given content type (or none).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> TestResponse {
+        let mut request = self.http.post(format!("{}{path}", self.address)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.expect("the server answers");
+        self.finish("POST", path, response).await
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.address));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        self.finish(method.as_str(), path, response).await
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.request(reqwest::Method::GET, path, &[], None).await
+    }
+
+    pub async fn current(&self, body: Value) -> TestResponse {
+        self.post("/v1/sessions/current", body).await
+    }
+
+    pub async fn tick(&self, body: Value) -> TestResponse {
+        self.post("/v1/sessions/tick", body).await
+    }
+
+    pub async fn foreground(&self, body: Value) -> TestResponse {
+        self.post("/v1/sessions/foreground", body).await
+    }
+
+    pub async fn background(&self, body: Value) -> TestResponse {
+        self.post("/v1/sessions/background", body).await
+    }
+
+    pub async fn end(&self, body: Value) -> TestResponse {
+        self.post("/v1/sessions/end", body).await
+    }
+
+    pub async fn batch(&self, operations: Value) -> TestResponse {
+        self.post("/v1/sessions/batch", json!({ "operations": operations }))
+            .await
+    }
+
+    pub async fn lookup(&self, id: &str) -> TestResponse {
+        self.get(&format!("/v1/sessions/{id}")).await
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time from a response.
+pub fn millis(time: &Value) -> i64 {
+    let text = time
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {time}"));
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {text}"));
+    (parsed.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Waits until the store's clock has passed a time the service announced (an `expires_at`).
+/// The service, Redis and this test share the machine's clock, so this is exact, not a guess.
+pub async fn wait_past(time: &Value) {
+    wait_until(millis(time)).await;
+}
+
+/// Waits until just past a time in milliseconds since the epoch.
+pub async fn wait_until(ms: i64) {
+    let target = ms + 30;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    if target > now {
+        tokio::time::sleep(Duration::from_millis((target - now) as u64)).await;
+    }
+}
+
+/// Ids handed out in a scripted order first, then from the OS; for forcing collisions.
+pub struct ScriptedIds {
+    queue: Mutex<VecDeque<SessionId>>,
+}
+
+impl ScriptedIds {
+    pub fn new(ids: &[&str]) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(ids.iter().map(|id| SessionId::parse(id).unwrap()).collect()),
+        })
+    }
+}
+
+impl IdSource for ScriptedIds {
+    fn session_id(&self) -> SessionId {
+        self.queue
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| OsRandom.session_id())
+    }
+
+    fn client_key(&self) -> ClientKey {
+        OsRandom.client_key()
+    }
+}
+
+/// Runs one async behaviour test against each store.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn memory() {
+                    super::$name($crate::helpers::Store::Memory).await
+                }
+
+                #[tokio::test]
+                async fn redis() {
+                    super::$name($crate::helpers::Store::Redis).await
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,12 @@
+//! The integration suite: the real server on a real socket, on both stores, with a real
+//! redis-server started by the harness.
+
+mod helpers;
+mod redis_server;
+mod spec;
+
+mod bad_input;
+mod behaviour;
+mod concurrency;
+mod contract;
+mod outage;

@@ -1,0 +1,71 @@
+//! Guarantee 6: with the store gone, calls get 503 with Retry-After within the store
+//! timeout, and when it returns the service recovers by itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sessiond::startup::Sources;
+
+use crate::helpers::{Store, new_client, spawn_on};
+use crate::redis_server::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_gives_bounded_503s_and_a_restarted_one_is_used_again() {
+    let redis = Arc::new(RedisServer::start());
+    let app = spawn_on(
+        Store::Redis,
+        "store_timeout = \"300ms\"",
+        Sources::default(),
+        Some(redis.clone()),
+    )
+    .await;
+    let client = new_client();
+    app.tick(json!({"client": client})).await.expect(200);
+    app.get("/readyz").await.expect(200);
+
+    redis.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = app.tick(json!({"client": client})).await;
+        let problem = answer.problem(503);
+        assert_eq!(problem["type"], "urn:sessiond:problem:store-unavailable");
+        assert_eq!(answer.header("retry-after"), Some("1"));
+        // Bounded by the store timeout, never a hang (generous for a loaded machine).
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !answer.text.contains("redis"),
+            "store details stay in the log: {}",
+            answer.text
+        );
+    }
+    app.get("/readyz").await.problem(503);
+    let metrics = app.get("/metrics").await;
+    assert!(
+        metrics.text.contains("sessiond_store_up 0"),
+        "{}",
+        metrics.text
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recovered = loop {
+        let answer = app.tick(json!({"client": client})).await;
+        if answer.status == 200 {
+            break answer.json();
+        }
+        answer.problem(503);
+        assert!(
+            Instant::now() < deadline,
+            "no recovery within 10 s of Redis returning"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The restarted Redis kept nothing (no persistence here), so this is a new first session.
+    assert_eq!(recovered["index"], 1);
+    app.get("/readyz").await.expect(200);
+}
