@@ -85,13 +85,6 @@ pub struct Settings {
     pub namespaces: BTreeMap<Namespace, NamespaceSettings>,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self::from_file(FileConfig::default(), "127.0.0.1:8080".into(), None, None)
-            .expect("the defaults are valid")
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration file {path}: {source}")]

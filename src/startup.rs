@@ -89,6 +89,11 @@ impl Application {
             metrics: Arc::new(Metrics::new(store.kind())),
             settings: Arc::new(settings.clone()),
         });
+        let probe = state.clone();
+        tokio::spawn(async move {
+            let answered = probe.store.ping().await;
+            probe.record_store_result(&answered);
+        });
         let listener = TcpListener::bind(&settings.listen).map_err(|source| StartError::Bind {
             address: settings.listen.clone(),
             source,

@@ -83,8 +83,8 @@ impl Metrics {
             "Store calls that failed, by kind",
             store_errors.clone(),
         );
+        // 0 until the store has answered once.
         let store_up = Gauge::default();
-        store_up.set(1);
         registry.register(
             "store_up",
             format!("Whether the {store_kind} store answered its last call (1) or not (0)"),

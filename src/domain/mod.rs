@@ -9,7 +9,7 @@ pub mod policy;
 pub mod session;
 
 pub use attributes::Attributes;
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, Op, Update, decide};
 pub use ids::{ClientHash, ClientHasher, ClientKey, IdSource, OsRandom, SessionId};
 pub use namespace::Namespace;

@@ -296,3 +296,83 @@ impl SessionStore for MemoryStore {
         "memory"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{Attributes, ClientHash, ManualClock, Op, OsRandom, Policy};
+    use crate::store::Command;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn store(clock: Arc<ManualClock>) -> MemoryStore {
+        let retention = Retention {
+            client: Duration::from_secs(48 * 3600),
+            session: Duration::from_secs(24 * 3600),
+        };
+        MemoryStore::new(clock, Arc::new(OsRandom), retention)
+    }
+
+    fn tick(client: &str) -> Command {
+        let secret = secrecy::SecretString::from("0123456789abcdef");
+        let key = crate::domain::ClientKey::parse(client, 1).unwrap();
+        let client: ClientHash = crate::domain::ClientHasher::new(&secret).hash(&key);
+        Command {
+            namespace: Namespace::parse("default").unwrap(),
+            client,
+            policy: Policy::default(),
+            op: Op::Tick,
+            attributes: Attributes::default(),
+        }
+    }
+
+    fn session(outcome: Outcome) -> SessionState {
+        match outcome {
+            Outcome::Session { session, .. } => session,
+            other => panic!("expected a session, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn earlier_sessions_are_forgotten_after_session_retention() {
+        let clock = Arc::new(ManualClock::starting_at(1_000 * HOUR));
+        let store = store(clock.clone());
+        let first = session(store.execute(&tick("a")).await.unwrap());
+        clock.advance(HOUR);
+        let second = session(store.execute(&tick("a")).await.unwrap());
+        assert_eq!(second.index, 2);
+        assert_eq!(store.retained_sessions(), 2);
+        // The first session ended at its idle deadline; a day after that it is gone.
+        clock.advance(24 * HOUR);
+        store.purge_expired(usize::MAX);
+        assert!(store.find(&first.id).await.unwrap().is_none());
+        assert!(
+            store.find(&second.id).await.unwrap().is_some(),
+            "the client's current session stays"
+        );
+        assert_eq!(store.retained_sessions(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_is_forgotten_after_client_retention_and_starts_again_at_index_1() {
+        let clock = Arc::new(ManualClock::starting_at(1_000 * HOUR));
+        let store = store(clock.clone());
+        let first = session(store.execute(&tick("b")).await.unwrap());
+        clock.advance(47 * HOUR);
+        store.purge_expired(usize::MAX);
+        assert_eq!(
+            store.retained_sessions(),
+            1,
+            "within client retention the record stays"
+        );
+        clock.advance(2 * HOUR);
+        store.purge_expired(usize::MAX);
+        assert_eq!(store.retained_sessions(), 0, "memory follows retention");
+        let again = session(store.execute(&tick("b")).await.unwrap());
+        assert_eq!(again.index, 1);
+        assert_ne!(again.id, first.id);
+        assert_eq!(again.reason, crate::domain::Reason::NewClient);
+    }
+}

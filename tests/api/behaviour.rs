@@ -28,6 +28,11 @@ idle_timeout = "1s"
 on_user_change = "restart"
 "#;
 
+/// The body of a call for one client of the `web` namespace.
+fn web(client: &str) -> serde_json::Value {
+    json!({"namespace": "web", "client": client})
+}
+
 on_both_stores!(
     a_new_client_gets_index_1_and_a_re_read_returns_the_same_session,
     tick_extends_the_session_it_finds,
@@ -52,10 +57,7 @@ on_both_stores!(
 async fn a_new_client_gets_index_1_and_a_re_read_returns_the_same_session(store: Store) {
     let app = spawn_app(store, SHORT).await;
     let client = new_client();
-    let first = app
-        .current(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let first = app.current(web(&client)).await.expect(200);
     assert_eq!(first["index"], 1);
     assert_eq!(first["created"], true);
     assert_eq!(first["reason"], "new_client");
@@ -66,10 +68,7 @@ async fn a_new_client_gets_index_1_and_a_re_read_returns_the_same_session(store:
         first.get("client").is_none(),
         "a caller's own key is not echoed"
     );
-    let again = app
-        .current(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let again = app.current(web(&client)).await.expect(200);
     assert_eq!(again["session_id"], first["session_id"]);
     assert_eq!(again["created"], false);
     // current is not activity: the expiry stays where it was.
@@ -83,23 +82,14 @@ async fn a_new_client_gets_index_1_and_a_re_read_returns_the_same_session(store:
 async fn tick_extends_the_session_it_finds(store: Store) {
     let app = spawn_app(store, SHORT).await;
     let client = new_client();
-    let first = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let first = app.tick(web(&client)).await.expect(200);
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let second = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let second = app.tick(web(&client)).await.expect(200);
     assert_eq!(second["session_id"], first["session_id"]);
     assert!(millis(&second["expires_at"]) >= millis(&first["expires_at"]) + 500);
     // Past the first expiry but before the extended one, the session is still the same.
     wait_past(&first["expires_at"]).await;
-    let third = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let third = app.tick(web(&client)).await.expect(200);
     assert_eq!(third["session_id"], first["session_id"]);
     assert_eq!(third["index"], 1);
 }
@@ -107,15 +97,9 @@ async fn tick_extends_the_session_it_finds(store: Store) {
 async fn tick_after_idle_timeout_rotates_and_links_previous(store: Store) {
     let app = spawn_app(store, SHORT).await;
     let client = new_client();
-    let first = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let first = app.tick(web(&client)).await.expect(200);
     wait_past(&first["expires_at"]).await;
-    let second = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let second = app.tick(web(&client)).await.expect(200);
     assert_ne!(second["session_id"], first["session_id"]);
     assert_eq!(second["index"], 2);
     assert_eq!(second["previous_session_id"], first["session_id"]);
@@ -156,10 +140,7 @@ async fn max_duration_rotates_an_active_session(store: Store) {
 async fn end_finalizes_and_the_next_call_starts_with_reason_ended(store: Store) {
     let app = spawn_app(store, SHORT).await;
     let client = new_client();
-    let first = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let first = app.tick(web(&client)).await.expect(200);
     let ended = app
         .end(json!({"namespace": "web", "client": client, "status": "crashed"}))
         .await
@@ -173,10 +154,7 @@ async fn end_finalizes_and_the_next_call_starts_with_reason_ended(store: Store) 
             .problem(404)["type"],
         "urn:sessiond:problem:no-live-session"
     );
-    let next = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let next = app.tick(web(&client)).await.expect(200);
     assert_eq!(next["reason"], "ended");
     assert_eq!(next["index"], 2);
     assert_eq!(next["previous_session_id"], first["session_id"]);
@@ -185,10 +163,7 @@ async fn end_finalizes_and_the_next_call_starts_with_reason_ended(store: Store) 
 async fn end_is_idempotent_and_names_sessions_by_id(store: Store) {
     let app = spawn_app(store, SHORT).await;
     let client = new_client();
-    let first = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let first = app.tick(web(&client)).await.expect(200);
     let id = first["session_id"].as_str().unwrap();
     let ended = app
         .end(json!({"namespace": "web", "client": client, "session_id": id}))
@@ -203,10 +178,7 @@ async fn end_is_idempotent_and_names_sessions_by_id(store: Store) {
     assert_eq!(retried["status"], "exited");
     assert_eq!(retried["ended_at"], ended["ended_at"]);
     // A late retry that names the first session does not end the next one.
-    let next = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let next = app.tick(web(&client)).await.expect(200);
     let late = app
         .end(json!({"namespace": "web", "client": client, "session_id": id}))
         .await
@@ -359,10 +331,7 @@ async fn current_with_create_false_never_creates(store: Store) {
         none.problem(404)["type"],
         "urn:sessiond:problem:no-live-session"
     );
-    let created = app
-        .current(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let created = app.current(web(&client)).await.expect(200);
     let found = app
         .current(json!({"namespace": "web", "client": client, "create": false}))
         .await
@@ -449,12 +418,8 @@ async fn lookup_shows_live_and_earlier_sessions_while_retained(store: Store) {
     assert_eq!(live["started_at"], first["started_at"]);
     assert_eq!(live["attributes"]["release"], "9");
     assert!(live.get("created").is_none());
-    app.end(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
-    app.tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    app.end(web(&client)).await.expect(200);
+    app.tick(web(&client)).await.expect(200);
     let ended = app.lookup(id).await.expect(200);
     assert_eq!(ended["status"], "exited");
     assert!(ended["ended_at"].is_string());
@@ -471,15 +436,9 @@ async fn lookup_shows_live_and_earlier_sessions_while_retained(store: Store) {
 async fn lookup_forgets_sessions_past_session_retention(store: Store) {
     let app = spawn_app(store, &format!("session_retention = \"1s\"\n{SHORT}")).await;
     let client = new_client();
-    let first = app
-        .tick(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let first = app.tick(web(&client)).await.expect(200);
     let id = first["session_id"].as_str().unwrap();
-    let ended = app
-        .end(json!({"namespace": "web", "client": client}))
-        .await
-        .expect(200);
+    let ended = app.end(web(&client)).await.expect(200);
     app.lookup(id).await.expect(200);
     wait_until(millis(&ended["ended_at"]) + 1000).await;
     assert_eq!(
@@ -529,7 +488,7 @@ async fn cors_allows_the_namespace_origins_and_refuses_others(store: Store) {
     use reqwest::Method;
     let app = spawn_app(store, SHORT).await;
     let client = new_client();
-    let body = json!({"namespace": "web", "client": client});
+    let body = web(&client);
     let allowed = app
         .request(
             Method::POST,

@@ -10,3 +10,4 @@ mod behaviour;
 mod concurrency;
 mod contract;
 mod outage;
+mod redis_store;

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sessiond::startup::Sources;
 
-use crate::helpers::{Store, new_client, spawn_on};
+use crate::helpers::{Store, TestApp, new_client, spawn_on};
 use crate::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,11 +52,39 @@ async fn a_stopped_redis_gives_bounded_503s_and_a_restarted_one_is_used_again() 
     );
 
     redis.restart();
+    let recovered = tick_until_served(&app, &client).await;
+    // The restarted Redis kept nothing (no persistence here), so this is a new first session.
+    assert_eq!(recovered["index"], 1);
+    app.get("/readyz").await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessiond_starts_before_redis_and_serves_once_it_is_up() {
+    let redis = Arc::new(RedisServer::start());
+    redis.stop();
+    let app = spawn_on(
+        Store::Redis,
+        "store_timeout = \"300ms\"",
+        Sources::default(),
+        Some(redis.clone()),
+    )
+    .await;
+    let client = new_client();
+    app.get("/readyz").await.problem(503);
+    app.tick(json!({"client": client})).await.problem(503);
+    redis.restart();
+    let served = tick_until_served(&app, &client).await;
+    assert_eq!(served["created"], true);
+    app.get("/readyz").await.expect(200);
+}
+
+/// Ticks until the service answers 200 (only 503 is acceptable meanwhile), within 10 s.
+async fn tick_until_served(app: &TestApp, client: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let recovered = loop {
+    loop {
         let answer = app.tick(json!({"client": client})).await;
         if answer.status == 200 {
-            break answer.json();
+            return answer.json();
         }
         answer.problem(503);
         assert!(
@@ -64,8 +92,5 @@ async fn a_stopped_redis_gives_bounded_503s_and_a_restarted_one_is_used_again() 
             "no recovery within 10 s of Redis returning"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // The restarted Redis kept nothing (no persistence here), so this is a new first session.
-    assert_eq!(recovered["index"], 1);
-    app.get("/readyz").await.expect(200);
+    }
 }
