@@ -317,12 +317,6 @@ impl NamespaceFile {
             }
         }
         let on_store_error = self.on_store_error.unwrap_or(OnStoreError::Reject);
-        if on_store_error == OnStoreError::Provisional {
-            return Err(invalid(
-                format!("{key}.on_store_error"),
-                "\"provisional\" is not supported by this version yet; use \"reject\"",
-            ));
-        }
         Ok(NamespaceSettings {
             policy: Policy {
                 idle_timeout_ms: idle.as_millis() as i64,

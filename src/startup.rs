@@ -71,7 +71,11 @@ impl Application {
                 tracing::warn!(
                     "no Redis URL given: sessions are kept in memory and live only as long as this process"
                 );
-                let memory = Arc::new(MemoryStore::new(clock, ids.clone(), settings.retention));
+                let memory = Arc::new(MemoryStore::new(
+                    clock.clone(),
+                    ids.clone(),
+                    settings.retention,
+                ));
                 spawn_janitor(Arc::downgrade(&memory));
                 memory
             }
@@ -86,6 +90,7 @@ impl Application {
             store: store.clone(),
             hasher: ClientHasher::new(&secret),
             ids,
+            clock: clock.clone(),
             metrics: Arc::new(Metrics::new(store.kind())),
             settings: Arc::new(settings.clone()),
         });

@@ -41,6 +41,11 @@ pub struct CreatedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreErrorLabels {
     pub kind: String,
 }
@@ -50,6 +55,7 @@ pub struct Metrics {
     registry: Registry,
     pub request_duration: Family<RequestLabels, Histogram>,
     pub sessions_created: Family<CreatedLabels, Counter>,
+    pub provisional_sessions: Family<NamespaceLabels, Counter>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub store_up: Gauge,
 }
@@ -77,6 +83,12 @@ impl Metrics {
             "Sessions started, by namespace and reason",
             sessions_created.clone(),
         );
+        let provisional_sessions = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "provisional_sessions",
+            "Provisional sessions answered while the store was unreachable",
+            provisional_sessions.clone(),
+        );
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         registry.register(
             "store_errors",
@@ -94,6 +106,7 @@ impl Metrics {
             registry,
             request_duration,
             sessions_created,
+            provisional_sessions,
             store_errors,
             store_up,
         }

@@ -124,6 +124,21 @@ impl ClientHasher {
         let digest = blake3::keyed_hash(&self.key, client.as_str().as_bytes());
         ClientHash(hex::encode(&digest.as_bytes()[..16]))
     }
+
+    /// The provisional session id of a client for one window of time, used while the store
+    /// is unreachable: every instance computes the same one, so the instruments of one client
+    /// agree during an outage, and outsiders cannot predict it.
+    pub fn provisional_id(&self, namespace: &str, client: &ClientHash, window: i64) -> SessionId {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        hasher.update(b"provisional\0");
+        hasher.update(namespace.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(client.as_str().as_bytes());
+        hasher.update(&window.to_le_bytes());
+        let mut bytes = [0u8; SessionId::BYTES];
+        bytes.copy_from_slice(&hasher.finalize().as_bytes()[..SessionId::BYTES]);
+        SessionId::from_bytes(bytes)
+    }
 }
 
 /// Where new identifiers come from. Production draws from the OS CSPRNG; tests inject
@@ -211,6 +226,19 @@ mod tests {
         let key = OsRandom.client_key();
         assert_eq!(key.as_str().len(), 32);
         assert!(ClientKey::parse(key.as_str(), 32).is_ok());
+    }
+
+    #[test]
+    fn provisional_ids_are_shared_within_a_window_and_differ_across_windows_and_clients() {
+        let hasher = ClientHasher::new(&SecretString::from("one"));
+        let a = hasher.hash(&ClientKey::parse("a", 1).unwrap());
+        let b = hasher.hash(&ClientKey::parse("b", 1).unwrap());
+        let id = hasher.provisional_id("web", &a, 7);
+        assert_eq!(SessionId::parse(id.as_str()), Ok(id.clone()));
+        assert_eq!(hasher.provisional_id("web", &a, 7), id);
+        assert_ne!(hasher.provisional_id("web", &a, 8), id);
+        assert_ne!(hasher.provisional_id("web", &b, 7), id);
+        assert_ne!(hasher.provisional_id("ios", &a, 7), id);
     }
 
     #[test]

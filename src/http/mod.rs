@@ -18,9 +18,9 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpRequest, Route, web};
 
 use crate::config::Settings;
-use crate::domain::{ClientHasher, IdSource, Reason};
+use crate::domain::{ClientHasher, Clock, IdSource, Reason};
 use crate::store::{SessionStore, StoreError};
-use crate::telemetry::{CreatedLabels, Metrics, StoreErrorLabels};
+use crate::telemetry::{CreatedLabels, Metrics, NamespaceLabels, StoreErrorLabels};
 use problem::ApiError;
 use sessions::OpName;
 
@@ -30,6 +30,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub hasher: ClientHasher,
     pub ids: Arc<dyn IdSource>,
+    pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -59,6 +60,14 @@ impl AppState {
 }
 
 impl Metrics {
+    pub fn count_provisional(&self, namespace: &str) {
+        self.provisional_sessions
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn count_created(&self, namespace: &str, reason: Reason) {
         let reason = serde_json::to_value(reason)
             .ok()

@@ -7,8 +7,10 @@ use super::body::{JsonBody, decode, truncate};
 use super::problem::{ApiError, Problem};
 use super::views::{SessionBody, SessionRecord};
 use super::{AppState, cors};
+use crate::config::OnStoreError;
+use crate::domain::decision::started;
 use crate::domain::namespace::DEFAULT_NAMESPACE;
-use crate::domain::{Attributes, ClientKey, EndStatus, Namespace, Op, SessionId};
+use crate::domain::{Attributes, ClientKey, EndStatus, Namespace, Op, Reason, SessionId};
 use crate::store::{Command, Outcome, StoreError};
 
 /// The calls that decide a session.
@@ -48,6 +50,7 @@ struct AttributesBody {
 struct ParsedCall {
     command: Command,
     minted: Option<ClientKey>,
+    on_store_error: OnStoreError,
 }
 
 impl AppState {
@@ -130,7 +133,37 @@ impl AppState {
                 attributes,
             },
             minted,
+            on_store_error: settings.on_store_error,
         })
+    }
+
+    /// A session drawn here while the store is unreachable (CONTRACT section 5.6): never
+    /// stored, index 0, marked provisional. Its id is shared by every call for the client
+    /// within one idle-timeout window, so the client's instruments still agree.
+    fn provisional(&self, call: ParsedCall) -> SessionBody {
+        let command = call.command;
+        let now = self.clock.now_ms();
+        let window = now / command.policy.idle_timeout_ms.max(1);
+        let id = self
+            .hasher
+            .provisional_id(command.namespace.as_str(), &command.client, window);
+        let window_start = window * command.policy.idle_timeout_ms.max(1);
+        let mut session = started(
+            id,
+            None,
+            Reason::NewClient,
+            command.attributes,
+            window_start,
+        );
+        // It starts, and idles out, with its window, so no client caches it past the window.
+        session.index = 0;
+        self.metrics.count_provisional(command.namespace.as_str());
+        SessionBody {
+            record: SessionRecord::at(command.namespace.as_str(), &session, &command.policy, now),
+            created: true,
+            client: call.minted.map(|k| k.as_str().to_owned()),
+            provisional: true,
+        }
     }
 
     /// Turns a store's answer into the response body.
@@ -140,6 +173,12 @@ impl AppState {
         outcome: Result<Outcome, StoreError>,
     ) -> Result<SessionBody, ApiError> {
         self.record_store_result(&outcome);
+        if let Err(StoreError::Unavailable(_)) = &outcome
+            && call.on_store_error == OnStoreError::Provisional
+            && call.command.op.may_start()
+        {
+            return Ok(self.provisional(call));
+        }
         match outcome? {
             Outcome::Session {
                 session,
@@ -154,6 +193,7 @@ impl AppState {
                     record: SessionRecord::at(namespace, &session, &call.command.policy, now),
                     created,
                     client: call.minted.map(|k| k.as_str().to_owned()),
+                    provisional: false,
                 })
             }
             Outcome::NoLiveSession => Err(ApiError::NoLiveSession),

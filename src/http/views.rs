@@ -34,6 +34,9 @@ pub struct SessionBody {
     /// The client key the service minted for a caller that brought none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// Drawn while the store was unreachable and never stored (index 0).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 impl SessionRecord {

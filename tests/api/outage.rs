@@ -94,3 +94,72 @@ async fn tick_until_served(app: &TestApp, client: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisional_namespace_keeps_answering_while_redis_is_down() {
+    let redis = Arc::new(RedisServer::start());
+    let config = "store_timeout = \"300ms\"\n[namespaces.web]\non_store_error = \"provisional\"";
+    let app = spawn_on(
+        Store::Redis,
+        config,
+        Sources::default(),
+        Some(redis.clone()),
+    )
+    .await;
+    let client = new_client();
+    let body = json!({"namespace": "web", "client": client, "attributes": {"release": "2.1"}});
+    let stored = app.tick(body.clone()).await.expect(200);
+    assert!(stored.get("provisional").is_none());
+
+    redis.stop();
+    let first = app.tick(body.clone()).await.expect(200);
+    assert_eq!(first["provisional"], true);
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["attributes"]["release"], "2.1");
+    assert_ne!(first["session_id"], stored["session_id"]);
+    let second = app.current(body.clone()).await.expect(200);
+    if second["started_at"] == first["started_at"] {
+        assert_eq!(
+            second["session_id"], first["session_id"],
+            "one provisional id per client and window"
+        );
+    } else {
+        // The two calls straddled a window boundary: the next window starts where the first ended.
+        assert_eq!(second["started_at"], first["expires_at"]);
+        assert_ne!(second["session_id"], first["session_id"]);
+    }
+    let other = app
+        .tick(json!({"namespace": "web", "client": new_client()}))
+        .await
+        .expect(200);
+    assert_ne!(other["session_id"], first["session_id"]);
+    // Calls that must not start a session, and namespaces that reject, still get 503.
+    app.end(body.clone()).await.problem(503);
+    app.tick(json!({"client": client})).await.problem(503);
+    let metrics = app.get("/metrics").await;
+    assert!(
+        metrics
+            .text
+            .contains("sessiond_provisional_sessions_total{namespace=\"web\"} 3"),
+        "{}",
+        metrics.text
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let real = loop {
+        let answer = app.tick(body.clone()).await.expect(200);
+        if answer.get("provisional").is_none() {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still provisional 10 s after Redis returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        real["index"], 1,
+        "the restarted Redis kept nothing, and provisional ids were never stored"
+    );
+}
