@@ -230,14 +230,25 @@ pub fn started(
     }
 }
 
-/// When the session stops being retained: `session_retention` after it is over. A live
-/// session is retained at least until its deadline plus that.
-pub fn retained_until(
+/// When the session stops being retained: `session_retention` after it is over (for a live
+/// session, after its current deadline).
+pub fn retained_until(session: &SessionState, policy: &Policy, session_retention_ms: i64) -> i64 {
+    deadline(session, policy).map_or(session.last_activity_at, |(at, _)| at) + session_retention_ms
+}
+
+/// When the client's record may be dropped: `client_retention` after its last activity, and
+/// never before its current session's retention ends.
+pub fn record_expires_at(
     session: &SessionState,
     policy: &Policy,
+    client_retention_ms: i64,
     session_retention_ms: i64,
-) -> Option<i64> {
-    deadline(session, policy).map(|(at, _)| at + session_retention_ms)
+) -> i64 {
+    (session.last_activity_at + client_retention_ms).max(retained_until(
+        session,
+        policy,
+        session_retention_ms,
+    ))
 }
 
 #[cfg(test)]

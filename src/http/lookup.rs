@@ -24,9 +24,7 @@ pub async fn lookup(
         .and_then(|n| state.settings.namespaces.get(&n))
         .map_or_else(Policy::default, |ns| ns.policy);
     let retention = state.settings.retention.session_ms();
-    let retained =
-        retained_until(&found.session, &policy, retention).is_none_or(|until| found.now < until);
-    if !retained {
+    if found.now >= retained_until(&found.session, &policy, retention) {
         return Err(ApiError::SessionNotFound(id.to_string()));
     }
     Ok(HttpResponse::Ok().json(SessionRecord::at(

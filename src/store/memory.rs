@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{Command, Found, Outcome, Retention, SessionStore, StoreError};
 use crate::domain::decision::{
-    apply_update, effective_now, end, finalized, retained_until, started,
+    apply_update, effective_now, end, finalized, record_expires_at, started,
 };
 use crate::domain::{
     ClientHash, Clock, Decision, IdSource, Namespace, SessionId, SessionState, decide,
@@ -200,10 +200,8 @@ impl MemoryStore {
         let now = effective_now(stored.as_ref(), store_now);
         let user_id = cmd.attributes.user_id.as_deref();
         let (client_ms, session_ms) = (self.retention.client_ms(), self.retention.session_ms());
-        let keep_until = |s: &SessionState| {
-            let retained = retained_until(s, &cmd.policy, session_ms).unwrap_or(i64::MAX);
-            (s.last_activity_at + client_ms).max(retained)
-        };
+        let keep_until =
+            |s: &SessionState| record_expires_at(s, &cmd.policy, client_ms, session_ms);
         let answer = |session: SessionState, created: bool| Outcome::Session {
             session,
             created,
