@@ -72,26 +72,45 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => b"{}",
         // serde would read a struct from an array too; bodies are objects only.
-        Some(b'[' | b'"' | b'-' | b'0'..=b'9') => {
-            return Err(ApiError::invalid("body", "must be a JSON object"));
-        }
+        Some(b'[' | b'"' | b'-' | b'0'..=b'9') => return Err(not_an_object("body")),
         Some(_) => body,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if path == "." => {
-                ApiError::invalid("body", strip_position(&inner))
-            }
-            serde_json::error::Category::Data => ApiError::invalid(path, strip_position(&inner)),
-            _ => ApiError::MalformedJson(inner.to_string()),
-        }
-    })?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| field_error(e, "body"))?;
     de.end()
         .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     Ok(value)
+}
+
+/// Decodes one object already parsed as part of a larger body; `place` names it there
+/// (`operations[3]`), and errors name its fields under it.
+pub fn decode_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    place: &str,
+) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(not_an_object(place));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| field_error(e, place))
+}
+
+fn not_an_object(place: &str) -> ApiError {
+    ApiError::invalid(place, "must be a JSON object")
+}
+
+/// Names the field at fault under `place`; a syntax error is malformed JSON.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>, place: &str) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let field = match (path.as_str(), place) {
+        (".", _) => place.to_owned(),
+        (_, "body") => path,
+        _ => format!("{place}.{path}"),
+    };
+    match inner.classify() {
+        serde_json::error::Category::Data => ApiError::invalid(field, strip_position(&inner)),
+        _ => ApiError::MalformedJson(inner.to_string()),
+    }
 }
 
 /// serde_json appends "at line 1 column 42"; the field name says more.

@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::body::{JsonBody, decode, truncate};
+use super::body::{JsonBody, decode_value, truncate};
 use super::problem::{ApiError, Problem};
 use super::views::{SessionBody, SessionRecord};
 use super::{AppState, cors};
@@ -268,18 +268,7 @@ pub async fn batch(
         .enumerate()
         .map(|(i, value)| {
             let prefix = format!("operations[{i}].");
-            let text = value.to_string();
-            let body: CallBody = decode(text.as_bytes()).map_err(|e| match e {
-                ApiError::InvalidField { field, message } => ApiError::InvalidField {
-                    field: if field == "body" {
-                        format!("operations[{i}]")
-                    } else {
-                        format!("{prefix}{field}")
-                    },
-                    message,
-                },
-                other => other,
-            })?;
+            let body: CallBody = decode_value(value, &format!("operations[{i}]"))?;
             let op = body.op.ok_or_else(|| {
                 ApiError::invalid(format!("{prefix}op"), "is required in a batch operation")
             })?;

@@ -377,13 +377,14 @@ async fn batch_answers_every_operation_in_order(store: Store) {
             {"op": "end", "namespace": "web", "client": b, "status": "abnormal"},
             {"namespace": "web", "client": a},
             {"op": "current", "namespace": "web", "client": new_client(), "create": false},
+            "tick",
         ]))
         .await
         .expect(200)["results"]
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(results.len(), 8);
+    assert_eq!(results.len(), 9);
     assert_eq!(results[0]["created"], true);
     assert_eq!(results[1]["attributes"]["release"], "3");
     assert_eq!(results[2]["status"], 404);
@@ -394,6 +395,7 @@ async fn batch_answers_every_operation_in_order(store: Store) {
     assert_eq!(results[5]["status"], "abnormal");
     assert_eq!(results[6]["field"], "operations[6].op");
     assert_eq!(results[7]["type"], "urn:sessiond:problem:no-live-session");
+    assert_eq!(results[8]["field"], "operations[8]");
     // The batch's decisions are the ones single calls see.
     let single = app
         .current(json!({"namespace": "web", "client": a}))
