@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::domain::Reason;
 
 /// Installs the global log subscriber; `SESSIOND_LOG` (or `RUST_LOG`) filters, default `info`.
 pub fn init_logging(format: LogFormat) {
@@ -120,6 +121,27 @@ impl Metrics {
                 status,
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_provisional(&self, namespace: &str) {
+        self.provisional_sessions
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count_created(&self, namespace: &str, reason: Reason) {
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.sessions_created
+            .get_or_create(&CreatedLabels {
+                namespace: namespace.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition, which Prometheus scrapes.

@@ -230,6 +230,18 @@ pub fn started(
     }
 }
 
+/// How long a session that sees no call after it starts stays live.
+pub fn untouched_lifetime(policy: &Policy) -> i64 {
+    let fresh = started(
+        SessionId::from_bytes([0; SessionId::BYTES]),
+        None,
+        Reason::NewClient,
+        Attributes::default(),
+        0,
+    );
+    deadline(&fresh, policy).map_or(0, |(at, _)| at)
+}
+
 /// When the session stops being retained: `session_retention` after it is over (for a live
 /// session, after its current deadline).
 pub fn retained_until(session: &SessionState, policy: &Policy, session_retention_ms: i64) -> i64 {
@@ -466,6 +478,15 @@ mod tests {
         let done = finalized(&s, &web(), 90 * MIN);
         assert_eq!(done.ended_at, Some(40 * MIN));
         assert_eq!(done.status, Status::Exited);
+    }
+
+    #[test]
+    fn an_untouched_session_lives_until_its_first_deadline() {
+        assert_eq!(untouched_lifetime(&web()), 30 * MIN);
+        let capped = policy(Mode::Inactivity, Some(10 * MIN), OnUserChange::Keep);
+        assert_eq!(untouched_lifetime(&capped), 10 * MIN);
+        let ios = policy(Mode::Background, Some(600 * MIN), OnUserChange::Keep);
+        assert_eq!(untouched_lifetime(&ios), 600 * MIN);
     }
 
     #[test]

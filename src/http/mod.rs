@@ -18,9 +18,9 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpRequest, Route, web};
 
 use crate::config::Settings;
-use crate::domain::{ClientHasher, Clock, IdSource, Reason};
+use crate::domain::{ClientHasher, Clock, IdSource};
 use crate::store::{SessionStore, StoreError};
-use crate::telemetry::{CreatedLabels, Metrics, NamespaceLabels, StoreErrorLabels};
+use crate::telemetry::{Metrics, StoreErrorLabels};
 use problem::ApiError;
 use sessions::OpName;
 
@@ -56,29 +56,6 @@ impl AppState {
                     .inc();
             }
         }
-    }
-}
-
-impl Metrics {
-    pub fn count_provisional(&self, namespace: &str) {
-        self.provisional_sessions
-            .get_or_create(&NamespaceLabels {
-                namespace: namespace.to_owned(),
-            })
-            .inc();
-    }
-
-    pub fn count_created(&self, namespace: &str, reason: Reason) {
-        let reason = serde_json::to_value(reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        self.sessions_created
-            .get_or_create(&CreatedLabels {
-                namespace: namespace.to_owned(),
-                reason,
-            })
-            .inc();
     }
 }
 

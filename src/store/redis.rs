@@ -16,10 +16,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, RedisResult, RetryMethod, Script, Value};
 
 use super::{Command, Found, Outcome, Retention, SessionStore, StoreError};
-use crate::domain::decision::{deadline, started};
+use crate::domain::decision::untouched_lifetime;
 use crate::domain::{
-    Attributes, ClientHash, EndStatus, IdSource, Mode, Namespace, OnUserChange, Op, Reason,
-    SessionId, SessionState,
+    Attributes, ClientHash, EndStatus, IdSource, Mode, Namespace, OnUserChange, Op, SessionId,
+    SessionState,
 };
 
 /// How long past its retention a session id's pointer may outlive it: the pointer is
@@ -155,16 +155,12 @@ impl RedisStore {
     /// session holds the id. A collision draws again.
     async fn reserve_id(&self, cmd: &Command) -> Result<SessionId, StoreError> {
         let tag = client_tag(&cmd.namespace, &cmd.client);
-        // Long enough for the session's first stretch; the script extends it from there.
-        let probe = started(
-            SessionId::from_bytes([0; SessionId::BYTES]),
-            None,
-            Reason::NewClient,
-            Attributes::default(),
-            0,
-        );
-        let first_deadline = deadline(&probe, &cmd.policy).map_or(0, |(at, _)| at);
-        let ttl_ms = first_deadline + self.retention.session_ms() + POINTER_SLACK_MS + 60_000;
+        // Long enough for the session's first stretch (with a minute to spare for the time
+        // until the script runs); the script extends it from there.
+        let ttl_ms = untouched_lifetime(&cmd.policy)
+            + self.retention.session_ms()
+            + POINTER_SLACK_MS
+            + 60_000;
         loop {
             let candidate = self.ids.session_id();
             let mut con = self.connection.clone();
