@@ -15,9 +15,14 @@ fn allows(ns: &NamespaceSettings, origin: &str) -> bool {
     ns.allowed_origins.iter().any(|o| o == "*" || o == origin)
 }
 
-/// A page served by this host itself needs no permission.
+/// A page served by this host itself needs no permission. Only the Host header counts:
+/// forwarding headers are the caller's to set.
 fn same_origin(req: &HttpRequest, origin: &str) -> bool {
-    origin.split_once("://").map(|(_, host)| host) == Some(req.connection_info().host())
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    host.is_some() && origin.split_once("://").map(|(_, h)| h) == host
 }
 
 fn origin_of(req: &HttpRequest) -> Option<String> {

@@ -527,6 +527,34 @@ async fn cors_allows_the_namespace_origins_and_refuses_others(store: Store) {
         )
         .await;
     elsewhere.problem(403);
+    // ... except pages served by this service's own origin.
+    let own = app
+        .request(
+            Method::POST,
+            "/v1/sessions/tick",
+            &[("origin", app.address.as_str())],
+            Some(json!({"client": client})),
+        )
+        .await;
+    own.expect(200);
+    assert_eq!(
+        own.header("access-control-allow-origin"),
+        Some(app.address.as_str())
+    );
+    // Forwarding headers cannot pass another origin off as this one.
+    let spoofed = app
+        .request(
+            Method::POST,
+            "/v1/sessions/tick",
+            &[
+                ("origin", "https://evil.example"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "host=evil.example"),
+            ],
+            Some(json!({"client": client})),
+        )
+        .await;
+    spoofed.problem(403);
     let preflight = app
         .request(
             Method::OPTIONS,
