@@ -273,17 +273,15 @@ impl SessionStore for MemoryStore {
         let Some(tag) = ks.ids.get(id).cloned() else {
             return Ok(None);
         };
-        let found = |session: &SessionState, current: bool| Found {
+        let session = ks
+            .current(&tag, now)
+            .filter(|s| s.id == *id)
+            .or_else(|| ks.archived(&tag, id, now, self.retention.session_ms()));
+        Ok(session.map(|s| Found {
             namespace: tag.0.to_string(),
-            session: session.clone(),
-            current,
+            session: s.clone(),
             now,
-        };
-        if let Some(s) = ks.current(&tag, now).filter(|s| s.id == *id) {
-            return Ok(Some(found(s, true)));
-        }
-        let archived = ks.archived(&tag, id, now, self.retention.session_ms());
-        Ok(archived.map(|s| found(s, false)))
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -74,8 +74,6 @@ pub enum Outcome {
 pub struct Found {
     pub namespace: String,
     pub session: SessionState,
-    /// Whether it is the client's current session (as opposed to a retained earlier one).
-    pub current: bool,
     pub now: i64,
 }
 

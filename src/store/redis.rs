@@ -335,7 +335,7 @@ impl SessionStore for RedisStore {
             return Err(StoreError::Corrupt(format!("pointer of {id} holds no tag")));
         };
         let [current, archive] = self.client_keys(&tag);
-        let (now, place, json): (i64, String, String) = self
+        let (now, json): (i64, String) = self
             .bounded(
                 self.find_script
                     .key(current)
@@ -344,13 +344,12 @@ impl SessionStore for RedisStore {
                     .invoke_async(&mut con),
             )
             .await?;
-        if place == "none" {
+        if json.is_empty() {
             return Ok(None);
         }
         Ok(Some(Found {
             namespace: namespace.to_owned(),
             session: parse_session(&json)?,
-            current: place == "current",
             now,
         }))
     }
