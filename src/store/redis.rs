@@ -1,11 +1,12 @@
 //! The Redis store: every decision is one server-side script on the Redis server's clock.
 //!
-//! Keys (all of one client share the `{namespace:hash}` tag, so they live in one slot):
-//! - `PREFIX:{ns:hash}:c`  the client's current session, JSON, expiring with client retention;
-//! - `PREFIX:{ns:hash}:a`  hash of the client's earlier sessions still retained;
-//! - `PREFIX:id:{id}`      the pointer from a session id to its client's tag. Reserving it with
-//!   `SET NX` is what makes ids unique among retained sessions; it has its own slot, so it is
-//!   written in a step of its own, before the script that starts the session.
+//! Keys (a client's keys share the `{bucket}` hash tag of its bucket, so they live in one slot):
+//! - `PREFIX:{bucket}:c:NS:HASH`  the client's current session, JSON, expiring with client
+//!   retention;
+//! - `PREFIX:{bucket}:a:NS:HASH`  hash of the client's earlier sessions still retained;
+//! - `PREFIX:id:{ID}`  the pointer from a session id to its client (`NS:HASH`). Reserving it
+//!   with `SET NX` is what makes ids unique among retained sessions; it has its own slot, so
+//!   it is written in a step of its own, before the script that starts the session.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,14 +82,6 @@ impl RedisStore {
         })
     }
 
-    /// The current-session and archive keys of the client with this tag.
-    fn client_keys(&self, tag: &str) -> [String; 2] {
-        [
-            format!("{}:{{{tag}}}:c", self.prefix),
-            format!("{}:{{{tag}}}:a", self.prefix),
-        ]
-    }
-
     fn pointer_key(&self, id: &SessionId) -> String {
         format!("{}:id:{{{id}}}", self.prefix)
     }
@@ -113,7 +106,8 @@ impl RedisStore {
         cmd: &Command,
         candidate: Option<&SessionId>,
     ) -> redis::ScriptInvocation<'a> {
-        let [current, archive] = self.client_keys(&client_tag(&cmd.namespace, &cmd.client));
+        let [current, archive] =
+            client_keys(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
         let (op, create, status, end_id) = match &cmd.op {
             Op::Current { create } => ("current", *create, None, None),
             Op::Tick => ("tick", true, None, None),
@@ -331,10 +325,10 @@ impl SessionStore for RedisStore {
         let mut con = self.connection.clone();
         let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
         let Some(tag) = tag else { return Ok(None) };
-        let Some((namespace, _)) = tag.split_once(':') else {
+        let Some((namespace, hash)) = tag.split_once(':') else {
             return Err(StoreError::Corrupt(format!("pointer of {id} holds no tag")));
         };
-        let [current, archive] = self.client_keys(&tag);
+        let [current, archive] = client_keys(&self.prefix, namespace, hash);
         let (now, json): (i64, String) = self
             .bounded(
                 self.find_script
@@ -365,6 +359,31 @@ impl SessionStore for RedisStore {
     }
 }
 
+/// Clients are spread over this many buckets by their hash. A bucket is the hash tag of
+/// its clients' keys, so it lives in one cluster slot, and per-bucket indexes (such as an
+/// expiry index for a sweeper) can be updated atomically by the decision scripts. 256 lets
+/// a cluster spread over up to 256 primaries while a sweep or an aggregate over every
+/// bucket stays a small pipeline. Changing it renames every key.
+const BUCKETS: u32 = 256;
+
+fn bucket_of(client_hash: &str) -> u32 {
+    client_hash
+        .get(..4)
+        .and_then(|prefix| u32::from_str_radix(prefix, 16).ok())
+        .unwrap_or(0)
+        % BUCKETS
+}
+
+/// The current-session and archive keys of a client, tagged with the client's bucket.
+fn client_keys(prefix: &str, namespace: &str, hash: &str) -> [String; 2] {
+    let bucket = bucket_of(hash);
+    [
+        format!("{prefix}:{{{bucket:02x}}}:c:{namespace}:{hash}"),
+        format!("{prefix}:{{{bucket:02x}}}:a:{namespace}:{hash}"),
+    ]
+}
+
+/// What a session id's pointer holds: the namespace and hash of its client.
 fn client_tag(namespace: &Namespace, client: &ClientHash) -> String {
     format!("{namespace}:{}", client.as_str())
 }
@@ -409,4 +428,33 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
 
 fn parse_session(json: &str) -> Result<SessionState, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("stored session: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag of a key, as Redis Cluster reads it.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = open + key[open..].find('}').unwrap();
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn a_clients_keys_share_the_tag_of_its_bucket() {
+        let hash = "3f2a0000000000000000000000000000";
+        let [current, archive] = client_keys("sd", "web", hash);
+        assert_eq!(current, "sd:{2a}:c:web:3f2a0000000000000000000000000000");
+        assert_eq!(tag(&current), tag(&archive));
+        assert_ne!(current, archive);
+    }
+
+    #[test]
+    fn buckets_cover_the_whole_range() {
+        assert_eq!(bucket_of("0000"), 0);
+        assert_eq!(bucket_of("00ff"), 255);
+        assert_eq!(bucket_of("0100"), 0);
+        assert_eq!(bucket_of("ffff"), 255);
+    }
 }

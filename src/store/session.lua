@@ -3,7 +3,7 @@
 -- Implements the decision table of src/domain/decision.rs; keep the two in step.
 --
 -- KEYS[1] the client's current session (JSON), KEYS[2] its archive (hash: id -> JSON);
--- both carry the client's {namespace:hash} tag, so they share a slot.
+-- both carry the client's {bucket} tag, so they share a slot.
 -- ARGV: op, create, end_status, end_session_id, idle_ms, max_ms, mode, on_user_change,
 --       client_retention_ms, session_retention_ms, pointer_slack_ms, candidate, attributes
 -- Returns {kind, now, session_json, pointer_expires_at}; kind is s(ession), need(s an id),
