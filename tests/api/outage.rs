@@ -12,14 +12,7 @@ use crate::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_gives_bounded_503s_and_a_restarted_one_is_used_again() {
-    let redis = Arc::new(RedisServer::start());
-    let app = spawn_on(
-        Store::Redis,
-        "store_timeout = \"300ms\"",
-        Sources::default(),
-        Some(redis.clone()),
-    )
-    .await;
+    let (redis, app) = app_on_its_own_redis("", Redis::Up).await;
     let client = new_client();
     app.tick(json!({"client": client})).await.expect(200);
     app.get("/readyz").await.expect(200);
@@ -60,15 +53,7 @@ async fn a_stopped_redis_gives_bounded_503s_and_a_restarted_one_is_used_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessiond_starts_before_redis_and_serves_once_it_is_up() {
-    let redis = Arc::new(RedisServer::start());
-    redis.stop();
-    let app = spawn_on(
-        Store::Redis,
-        "store_timeout = \"300ms\"",
-        Sources::default(),
-        Some(redis.clone()),
-    )
-    .await;
+    let (redis, app) = app_on_its_own_redis("", Redis::Down).await;
     let client = new_client();
     app.get("/readyz").await.problem(503);
     app.tick(json!({"client": client})).await.problem(503);
@@ -76,6 +61,29 @@ async fn sessiond_starts_before_redis_and_serves_once_it_is_up() {
     let served = tick_until_served(&app, &client).await;
     assert_eq!(served["created"], true);
     app.get("/readyz").await.expect(200);
+}
+
+enum Redis {
+    Up,
+    Down,
+}
+
+/// An app with a short store timeout on a redis-server of its own, which the test may stop;
+/// with `Redis::Down` the server is stopped before the app starts.
+async fn app_on_its_own_redis(config: &str, at_start: Redis) -> (Arc<RedisServer>, TestApp) {
+    let redis = Arc::new(RedisServer::start());
+    if let Redis::Down = at_start {
+        redis.stop();
+    }
+    let config = format!("store_timeout = \"300ms\"\n{config}");
+    let app = spawn_on(
+        Store::Redis,
+        &config,
+        Sources::default(),
+        Some(redis.clone()),
+    )
+    .await;
+    (redis, app)
 }
 
 /// Ticks until the service answers 200 (only 503 is acceptable meanwhile), within 10 s.
@@ -97,13 +105,9 @@ async fn tick_until_served(app: &TestApp, client: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provisional_namespace_keeps_answering_while_redis_is_down() {
-    let redis = Arc::new(RedisServer::start());
-    let config = "store_timeout = \"300ms\"\n[namespaces.web]\non_store_error = \"provisional\"";
-    let app = spawn_on(
-        Store::Redis,
-        config,
-        Sources::default(),
-        Some(redis.clone()),
+    let (redis, app) = app_on_its_own_redis(
+        "[namespaces.web]\non_store_error = \"provisional\"",
+        Redis::Up,
     )
     .await;
     let client = new_client();
