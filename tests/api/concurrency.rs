@@ -5,9 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use sessiond::startup::Sources;
 
-use crate::helpers::{Store, TestApp, new_client, spawn_app, spawn_on, wait_past};
+use crate::helpers::{Store, TestApp, new_client, spawn_app, spawn_on_redis, wait_past};
 use crate::redis_server;
 
 /// Sends `n` calls at once, alternating between the apps, and returns every answer.
@@ -38,15 +37,7 @@ async fn two_instances_on_one_redis() -> Vec<Arc<TestApp>> {
     let config = "[namespaces.web]\nidle_timeout = \"1s\"";
     let mut apps = Vec::new();
     for _ in 0..2 {
-        apps.push(Arc::new(
-            spawn_on(
-                Store::Redis,
-                config,
-                Sources::default(),
-                Some(redis.clone()),
-            )
-            .await,
-        ));
+        apps.push(Arc::new(spawn_on_redis(config, redis.clone()).await));
     }
     apps
 }

@@ -94,11 +94,15 @@ pub async fn spawn_app(store: Store, toml: &str) -> TestApp {
 
 pub async fn spawn_app_with(store: Store, toml: &str, sources: Sources) -> TestApp {
     let redis = (store == Store::Redis).then(redis_server::shared);
-    spawn_on(store, toml, sources, redis).await
+    spawn(store, toml, sources, redis).await
 }
 
 /// An app on a given redis-server (several instances may share one).
-pub async fn spawn_on(
+pub async fn spawn_on_redis(toml: &str, redis: Arc<RedisServer>) -> TestApp {
+    spawn(Store::Redis, toml, Sources::default(), Some(redis)).await
+}
+
+async fn spawn(
     store: Store,
     toml: &str,
     sources: Sources,

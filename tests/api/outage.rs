@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sessiond::startup::Sources;
 
-use crate::helpers::{Store, TestApp, new_client, spawn_on};
+use crate::helpers::{TestApp, new_client, spawn_on_redis};
 use crate::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,13 +75,7 @@ async fn app_on_its_own_redis(config: &str, at_start: Redis) -> (Arc<RedisServer
         redis.stop();
     }
     let config = format!("store_timeout = \"300ms\"\n{config}");
-    let app = spawn_on(
-        Store::Redis,
-        &config,
-        Sources::default(),
-        Some(redis.clone()),
-    )
-    .await;
+    let app = spawn_on_redis(&config, redis.clone()).await;
     (redis, app)
 }
 

@@ -3,9 +3,8 @@
 
 use redis::AsyncCommands;
 use serde_json::json;
-use sessiond::startup::Sources;
 
-use crate::helpers::{Store, new_client, spawn_on, wait_past};
+use crate::helpers::{new_client, spawn_on_redis, wait_past};
 use crate::redis_server;
 
 #[tokio::test]
@@ -14,13 +13,7 @@ async fn every_key_expires_and_no_raw_client_key_reaches_redis() {
     // A prefix of its own, so this test sees only its keys on the shared server.
     let prefix = format!("t{}", &new_client()[..12]);
     let config = format!("key_prefix = \"{prefix}\"\n[namespaces.web]\nidle_timeout = \"1s\"");
-    let app = spawn_on(
-        Store::Redis,
-        &config,
-        Sources::default(),
-        Some(redis.clone()),
-    )
-    .await;
+    let app = spawn_on_redis(&config, redis.clone()).await;
     let (a, b) = (new_client(), new_client());
     let first = app
         .tick(json!({"namespace": "web", "client": a, "attributes": {"user_id": "u"}}))
