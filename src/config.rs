@@ -72,7 +72,8 @@ impl Default for NamespaceSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: String,
-    pub redis_url: Option<String>,
+    /// May carry a password, so it is kept out of logs like the secret.
+    pub redis_url: Option<SecretString>,
     pub key_prefix: String,
     pub store_timeout: Duration,
     pub retention: Retention,
@@ -261,7 +262,7 @@ impl Settings {
         }
         Ok(Self {
             listen,
-            redis_url,
+            redis_url: redis_url.map(SecretString::from),
             key_prefix,
             store_timeout,
             retention,

@@ -8,12 +8,12 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::{self, AppState};
-use crate::store::{MemoryStore, RedisStore, SessionStore, StoreError};
+use crate::store::{MemoryStore, RedisStore, SessionStore};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +23,8 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("cannot use the Redis URL: {0}")]
+    Redis(String),
 }
 
 /// A built application: bound, not yet serving.
@@ -58,14 +58,16 @@ impl Application {
         let Sources { ids, clock } = sources;
         let store: Arc<dyn SessionStore> = match &settings.redis_url {
             Some(url) => {
-                tracing::info!(prefix = %settings.key_prefix, "sessions are kept in Redis");
-                Arc::new(RedisStore::connect(
-                    url,
+                let store = RedisStore::connect(
+                    url.expose_secret(),
                     &settings.key_prefix,
                     settings.store_timeout,
                     ids.clone(),
                     settings.retention,
-                )?)
+                )
+                .map_err(|e| StartError::Redis(e.to_string()))?;
+                tracing::info!(prefix = %settings.key_prefix, "sessions are kept in Redis");
+                Arc::new(store)
             }
             None => {
                 tracing::warn!(

@@ -58,9 +58,8 @@ impl RedisStore {
         timeout: Duration,
         ids: Arc<dyn IdSource>,
         retention: Retention,
-    ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Failed(format!("bad Redis URL: {e}")))?;
+    ) -> RedisResult<Self> {
+        let client = redis::Client::open(url)?;
         // Bounded connection and response times, and a short reconnect backoff, so a call
         // during an outage fails within the store timeout and recovery is quick.
         let config = ConnectionManagerConfig::new()
@@ -69,8 +68,7 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200))
             .set_number_of_retries(2);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Failed(format!("cannot prepare the Redis connection: {e}")))?;
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
