@@ -143,11 +143,13 @@ impl AppState {
     fn provisional(&self, call: ParsedCall) -> SessionBody {
         let command = call.command;
         let now = self.clock.now_ms();
-        let window = now / command.policy.idle_timeout_ms.max(1);
+        // The configuration guarantees a positive idle timeout; max(1) keeps division safe anyway.
+        let span = command.policy.idle_timeout_ms.max(1);
+        let window = now / span;
         let id = self
             .hasher
             .provisional_id(command.namespace.as_str(), &command.client, window);
-        let window_start = window * command.policy.idle_timeout_ms.max(1);
+        let window_start = window * span;
         let mut session = started(
             id,
             None,
