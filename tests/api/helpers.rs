@@ -146,14 +146,8 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> TestResponse {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.address))
-            .json(&body)
-            .send()
+        self.request(reqwest::Method::POST, path, &[], Some(body))
             .await
-            .expect("the server answers");
-        self.finish("POST", path, response).await
     }
 
     /// Sends raw bytes with a given content type (or none).
@@ -184,11 +178,15 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
+        if let Some(body) = &body {
+            request = request.json(body);
         }
         let response = request.send().await.expect("the server answers");
-        self.finish(method.as_str(), path, response).await
+        let answer = self.finish(method.as_str(), path, response).await;
+        if let (Some(body), 200) = (&body, answer.status) {
+            spec().check_accepted_request(method.as_str(), path, body, &answer.json());
+        }
+        answer
     }
 
     pub async fn get(&self, path: &str) -> TestResponse {

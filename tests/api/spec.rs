@@ -101,6 +101,51 @@ impl Spec {
         }
     }
 
+    /// Asserts that a JSON request the server accepted is one the document allows, so the
+    /// request schemas cannot be stricter than the server. In a batch, each operation that
+    /// was answered with a session is checked.
+    pub fn check_accepted_request(&self, method: &str, path: &str, body: &Value, answer: &Value) {
+        let context = format!("{method} {path} accepted {body}");
+        if path == "/v1/sessions/batch" {
+            let results = answer["results"].as_array().cloned().unwrap_or_default();
+            for (operation, result) in body["operations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .zip(results)
+            {
+                if result.get("session_id").is_some() {
+                    self.validate(
+                        "#/components/schemas/BatchOperation",
+                        &operation.to_string(),
+                        &context,
+                    );
+                }
+            }
+            return;
+        }
+        let operation = self
+            .template_for(path)
+            .and_then(|t| {
+                self.doc["paths"][&t]
+                    .get(method.to_ascii_lowercase())
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("undocumented operation accepted a body: {context}"));
+        let request = self.resolve(&operation["requestBody"]);
+        let schema = request["content"]["application/json"]["schema"].clone();
+        assert!(
+            !schema.is_null(),
+            "no JSON request body documented: {context}"
+        );
+        self.validate_with(
+            &format!("request {method} {path}"),
+            schema,
+            &body.to_string(),
+            &context,
+        );
+    }
+
     fn validate(&self, pointer: &str, body: &str, context: &str) {
         self.validate_with(pointer, json!({"$ref": pointer}), body, context);
     }
@@ -125,7 +170,7 @@ impl Spec {
             .collect();
         assert!(
             errors.is_empty(),
-            "response does not match openapi.yaml: {errors:?}\n{context}"
+            "the message does not match openapi.yaml: {errors:?}\n{context}"
         );
     }
 }
