@@ -10,4 +10,5 @@ mod behaviour;
 mod concurrency;
 mod contract;
 mod outage;
+mod process;
 mod redis_store;
