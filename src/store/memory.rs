@@ -40,6 +40,13 @@ struct Keyspace {
     expiries: BTreeSet<(i64, Record)>,
 }
 
+/// Whether an archived (ended) session is still readable by id at `now`.
+fn still_retained(session: &SessionState, now: i64, session_retention: i64) -> bool {
+    session
+        .ended_at
+        .is_some_and(|ended| ended + session_retention > now)
+}
+
 /// How many expired records one call removes at most, so no call pays for a large backlog;
 /// the janitor task removes the rest.
 const PURGE_PER_CALL: usize = 32;
@@ -107,7 +114,7 @@ impl Keyspace {
         archive
             .value
             .iter()
-            .find(|s| s.id == *id && s.ended_at.is_some_and(|e| e + session_retention > now))
+            .find(|s| s.id == *id && still_retained(s, now, session_retention))
     }
 
     /// Stores the client's current session with the expiry the Redis store gives it.
@@ -126,7 +133,7 @@ impl Keyspace {
 
     /// Moves a finalized session into the client's archive, dropping entries past retention.
     fn archive(&mut self, tag: &Tag, done: SessionState, now: i64, session_retention: i64) {
-        let retained = |s: &SessionState| s.ended_at.is_some_and(|e| e + session_retention > now);
+        let retained = |s: &SessionState| still_retained(s, now, session_retention);
         let (old_expiry, mut sessions) = match self.archives.remove(tag) {
             Some(a) => (Some(a.expires_at), a.value),
             None => (None, Vec::new()),
