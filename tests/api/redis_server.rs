@@ -82,28 +82,6 @@ impl RedisServer {
             && stream.read_exact(&mut reply).is_ok()
             && &reply == b"+PONG\r\n"
     }
-
-    /// Runs one command through redis-cli-free RESP and returns the integer reply (DBSIZE etc.).
-    pub fn integer(&self, command: &str) -> i64 {
-        let mut stream = UnixStream::connect(self.socket()).expect("redis-server answers");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        stream
-            .write_all(format!("{command}\r\n").as_bytes())
-            .unwrap();
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            stream.read_exact(&mut byte).unwrap();
-            reply.push(byte[0]);
-        }
-        let text = String::from_utf8(reply).unwrap();
-        text.trim_start_matches(':')
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("not an integer reply: {text}"))
-    }
 }
 
 impl Drop for RedisServer {
