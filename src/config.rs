@@ -29,6 +29,10 @@ pub struct Cli {
     /// Secret keying the client hash; overrides the file's `secret`.
     #[arg(long, env = "SESSIOND_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Bearer token the admin calls (lookup, events, stats) require; overrides the file's
+    /// `admin_token`.
+    #[arg(long, env = "SESSIOND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "SESSIOND_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -82,6 +86,10 @@ pub struct Settings {
     pub min_client_length: usize,
     /// None only for the in-memory store, which then draws one per process.
     pub secret: Option<SecretString>,
+    /// When set, lookup, events and stats require it as a bearer token.
+    pub admin_token: Option<SecretString>,
+    /// How often each instance sweeps the store for sessions that idled out.
+    pub sweep_interval: Duration,
     pub workers: Option<usize>,
     pub namespaces: BTreeMap<Namespace, NamespaceSettings>,
 }
@@ -126,6 +134,13 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// Secrets given on the command line or in the environment; they override the file's.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    pub secret: Option<String>,
+    pub admin_token: Option<String>,
+}
+
 /// The file as written; every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +153,10 @@ pub struct FileConfig {
     min_client_length: Option<usize>,
     key_prefix: Option<String>,
     secret: Option<String>,
+    admin_token: Option<String>,
+    sweep_interval: Option<ConfigDuration>,
+    stats_retention: Option<ConfigDuration>,
+    events_max_len: Option<usize>,
     workers: Option<usize>,
     #[serde(default)]
     namespaces: BTreeMap<String, NamespaceFile>,
@@ -180,7 +199,10 @@ impl Settings {
             file,
             cli.listen.clone(),
             cli.redis_url.clone(),
-            cli.secret.clone(),
+            Secrets {
+                secret: cli.secret.clone(),
+                admin_token: cli.admin_token.clone(),
+            },
         )
     }
 
@@ -203,7 +225,7 @@ impl Settings {
         file: FileConfig,
         listen: String,
         redis_url: Option<String>,
-        secret: Option<String>,
+        secrets: Secrets,
     ) -> Result<Self, ConfigError> {
         let store_timeout = file
             .store_timeout
@@ -215,7 +237,19 @@ impl Settings {
         let retention = Retention {
             client: file.client_retention.map_or(defaults.client, |d| d.0),
             session: file.session_retention.map_or(defaults.session, |d| d.0),
+            stats: file.stats_retention.map_or(defaults.stats, |d| d.0),
+            events: file.events_max_len.unwrap_or(defaults.events),
         };
+        if retention.stats < Duration::from_secs(3600) {
+            return Err(invalid("stats_retention", "must be at least 1h"));
+        }
+        if !(1..=100_000_000).contains(&retention.events) {
+            return Err(invalid("events_max_len", "must be between 1 and 100000000"));
+        }
+        let sweep_interval = file.sweep_interval.map_or(Duration::from_secs(1), |d| d.0);
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&sweep_interval) {
+            return Err(invalid("sweep_interval", "must be between 10ms and 60s"));
+        }
         let body_limit = file.body_limit.unwrap_or(1024 * 1024);
         if body_limit < 1024 {
             return Err(invalid("body_limit", "must be at least 1024 bytes"));
@@ -235,7 +269,11 @@ impl Settings {
                 "must be non-empty, without braces or spaces",
             ));
         }
-        let secret = secret.or(file.secret);
+        let secret = secrets.secret.or(file.secret);
+        let admin_token = secrets.admin_token.or(file.admin_token);
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
         if secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(invalid("secret", "must be at least 16 characters"));
         }
@@ -270,6 +308,8 @@ impl Settings {
             max_batch,
             min_client_length,
             secret: secret.map(SecretString::from),
+            admin_token: admin_token.map(SecretString::from),
+            sweep_interval,
             workers: file.workers,
             namespaces,
         })
@@ -355,7 +395,8 @@ mod tests {
 
     fn load(text: &str) -> Result<Settings, String> {
         let file = Settings::parse_file(text).map_err(|e| e.to_string())?;
-        Settings::from_file(file, "127.0.0.1:0".into(), None, None).map_err(|e| e.to_string())
+        Settings::from_file(file, "127.0.0.1:0".into(), None, Secrets::default())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -427,12 +468,28 @@ mod tests {
     }
 
     #[test]
+    fn health_keys_are_read_and_checked() {
+        let s = load(
+            "sweep_interval = \"250ms\"\nstats_retention = \"7d\"\nevents_max_len = 5000\nadmin_token = \"0123456789abcdef\"",
+        )
+        .unwrap();
+        assert_eq!(s.sweep_interval, Duration::from_millis(250));
+        assert_eq!(s.retention.stats, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(s.retention.events, 5000);
+        assert!(s.admin_token.is_some());
+        let err = load("admin_token = \"short\"").unwrap_err();
+        assert!(err.contains("`admin_token`"), "{err}");
+        let err = load("sweep_interval = \"0s\"").unwrap_err();
+        assert!(err.contains("`sweep_interval`"), "{err}");
+    }
+
+    #[test]
     fn a_redis_store_requires_a_secret() {
         let err = Settings::from_file(
             FileConfig::default(),
             "x".into(),
             Some("redis://h".into()),
-            None,
+            Secrets::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("`secret`"), "{err}");

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::{self, AppState};
-use crate::store::{MemoryStore, RedisStore, SessionStore};
+use crate::store::{MemoryStore, Policies, RedisStore, SessionStore};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,7 @@ impl Application {
                     settings.retention,
                 )
                 .map_err(|e| StartError::Redis(e.to_string()))?;
+
                 tracing::info!(prefix = %settings.key_prefix, "sessions are kept in Redis");
                 Arc::new(store)
             }
@@ -96,6 +97,7 @@ impl Application {
             metrics: Arc::new(Metrics::new(store.kind())),
             settings: Arc::new(settings.clone()),
         });
+        spawn_sweeper(Arc::downgrade(&state.clone().into_inner()));
         let probe = state.clone();
         tokio::spawn(async move {
             let answered = probe.store.ping().await;
@@ -158,6 +160,46 @@ fn spawn_janitor(store: std::sync::Weak<MemoryStore>) {
             interval.tick().await;
             let Some(store) = store.upgrade() else { break };
             store.purge_expired(100_000);
+        }
+    });
+}
+
+/// Finalizes sessions that idled out while their clients stayed away: every
+/// `sweep_interval`, and at once again while a sweep leaves a backlog. Every instance
+/// sweeps; the store makes each finalization happen once. Ends with the application.
+fn spawn_sweeper(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let Some(interval) = state.upgrade().map(|s| s.settings.sweep_interval) else {
+            return;
+        };
+        let policies: Policies = state.upgrade().map_or_else(Policies::new, |s| {
+            s.settings
+                .namespaces
+                .iter()
+                .map(|(name, ns)| (name.to_string(), ns.policy))
+                .collect()
+        });
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            loop {
+                let Some(state) = state.upgrade() else { return };
+                let swept = state.store.sweep(&policies).await;
+                state.record_store_result(&swept);
+                match swept {
+                    Ok(swept) => {
+                        state.metrics.swept_sessions.inc_by(swept.finalized as u64);
+                        if !swept.more {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeping for idled-out sessions failed; trying again");
+                        break;
+                    }
+                }
+            }
         }
     });
 }

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub provisional_sessions: Family<NamespaceLabels, Counter>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub store_up: Gauge,
+    pub swept_sessions: Counter,
 }
 
 fn request_histogram() -> Histogram {
@@ -103,8 +104,15 @@ impl Metrics {
             format!("Whether the {store_kind} store answered its last call (1) or not (0)"),
             store_up.clone(),
         );
+        let swept_sessions = Counter::default();
+        registry.register(
+            "swept_sessions",
+            "Sessions this instance's sweeper finalized after they idled out",
+            swept_sessions.clone(),
+        );
         Self {
             registry,
+            swept_sessions,
             request_duration,
             sessions_created,
             provisional_sessions,
@@ -132,14 +140,10 @@ impl Metrics {
     }
 
     pub fn count_created(&self, namespace: &str, reason: Reason) {
-        let reason = serde_json::to_value(reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         self.sessions_created
             .get_or_create(&CreatedLabels {
                 namespace: namespace.to_owned(),
-                reason,
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }

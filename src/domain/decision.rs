@@ -8,7 +8,10 @@
 //! |---------------------------|--------------------------------|---------------------------|
 //! | none                      | current(create=false), end     | no live session           |
 //! | none                      | any other                      | start (new_client)        |
-//! | any, end names another id | end(session_id)                | end other (look it up)    |
+//! | none                      | report                         | no live session           |
+//! | any, naming another id    | end, report (session_id)       | other: end answers it as it is, report amends it |
+//! | over                      | report                         | report: finalize now, or amend if finalized |
+//! | live                      | report                         | report: errors and status |
 //! | over (ended or expired)   | current(create=false)          | no live session           |
 //! | over                      | end                            | keep (nothing new ends)   |
 //! | over                      | current, tick, fg, bg          | start (why it is over)    |
@@ -20,10 +23,12 @@
 //! | live                      | foreground                     | update: activity, leave background |
 //! | live                      | background                     | update: activity, enter background (background mode) |
 //!
+//!
 //! A session is over once it ended, or once the store's clock reached its deadline: the
 //! earliest of `started + max_duration`, `last activity + idle_timeout` (inactivity mode) and
 //! `background since + idle_timeout` (background mode, while backgrounded).
 
+use super::health::{Report, final_status};
 use super::{
     Attributes, EndStatus, Mode, OnUserChange, Policy, Reason, SessionId, SessionState, Status,
 };
@@ -41,13 +46,39 @@ pub enum Op {
         status: EndStatus,
         session_id: Option<SessionId>,
     },
+    Report {
+        report: Report,
+        session_id: Option<SessionId>,
+    },
 }
 
 impl Op {
     /// Whether this call may start a session.
     pub fn may_start(&self) -> bool {
-        !matches!(self, Op::Current { create: false } | Op::End { .. })
+        !matches!(
+            self,
+            Op::Current { create: false } | Op::End { .. } | Op::Report { .. }
+        )
     }
+
+    /// The earlier session the call names, if any.
+    pub fn names(&self) -> Option<&SessionId> {
+        match self {
+            Op::End { session_id, .. } | Op::Report { session_id, .. } => session_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What a report does to the session it names (see `health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportEffect {
+    /// A live session: errors and status only.
+    Live,
+    /// Over but not finalized yet: applied, then finalized now.
+    Finalize,
+    /// Already finalized: its final status is amended.
+    Amend,
 }
 
 /// How an update treats the background clock.
@@ -75,9 +106,10 @@ pub enum Decision {
     /// Finalize the stored session (if any) and start a new one.
     Start(Reason),
     End(EndStatus),
-    /// `end` named a session that is not the client's current one: answer with that one
-    /// if it is still retained, and change nothing.
-    EndOther(SessionId),
+    Report(ReportEffect),
+    /// The call named a session that is not the client's current one: `end` answers with
+    /// it unchanged if it is still retained, `report` amends it.
+    Other(SessionId),
     NoLiveSession,
 }
 
@@ -127,23 +159,24 @@ pub fn decide(
             Decision::NoLiveSession
         };
     };
-    if let Op::End {
-        session_id: Some(id),
-        ..
-    } = op
+    if let Some(id) = op.names()
         && *id != session.id
     {
-        return Decision::EndOther(id.clone());
+        return Decision::Other(id.clone());
     }
     if let Some((_, reason)) = over(session, policy, now) {
         return match op {
             Op::End { .. } => Decision::Keep,
+            Op::Report { .. } if session.finalized => Decision::Report(ReportEffect::Amend),
+            Op::Report { .. } => Decision::Report(ReportEffect::Finalize),
             _ if op.may_start() => Decision::Start(reason),
             _ => Decision::NoLiveSession,
         };
     }
-    if let Op::End { status, .. } = op {
-        return Decision::End(*status);
+    match op {
+        Op::End { status, .. } => return Decision::End(*status),
+        Op::Report { .. } => return Decision::Report(ReportEffect::Live),
+        _ => {}
     }
     let bound = session.attributes.user_id.as_deref();
     let user_changed = matches!((user_id, bound), (Some(new), Some(old)) if new != old);
@@ -156,7 +189,7 @@ pub fn decide(
         Op::Foreground => (true, BackgroundChange::Leave),
         Op::Background if policy.mode == Mode::Background => (true, BackgroundChange::Enter),
         Op::Background => (true, BackgroundChange::Keep),
-        Op::Current { .. } | Op::End { .. } => (false, BackgroundChange::Keep),
+        Op::Current { .. } | Op::End { .. } | Op::Report { .. } => (false, BackgroundChange::Keep),
     };
     Decision::Update(Update {
         activity,
@@ -190,22 +223,63 @@ pub fn apply_update(
     *session != before
 }
 
-/// Ends a live session now with a client-given status.
+/// Ends a live session now with a client-given status, finalizing it.
 pub fn end(session: &mut SessionState, status: EndStatus, now: i64) {
     session.ended_at = Some(now);
-    session.status = status.into();
+    session.status = final_status(session, Some(status));
+    session.finalized = true;
 }
 
-/// The record of a session that is over (or replaced now by a user change), as retained.
+/// When a session ended: when it was ended, else its deadline if it is over, else now (a
+/// live session replaced by a user change).
+pub fn ended_at(session: &SessionState, policy: &Policy, now: i64) -> i64 {
+    session
+        .ended_at
+        .unwrap_or_else(|| over(session, policy, now).map_or(now, |(at, _)| at))
+}
+
+/// Finalizes a session in place (it is over, or replaced now): its final status, once.
+/// Returns whether this call finalized it, i.e. whether an `ended` event is due.
+pub fn finalize(session: &mut SessionState) -> bool {
+    if session.finalized {
+        return false;
+    }
+    session.status = final_status(session, None);
+    session.finalized = true;
+    true
+}
+
+/// The record of a session that is over (or replaced now by a user change), as retained and
+/// as shown: finalized, with when it ended.
 pub fn finalized(session: &SessionState, policy: &Policy, now: i64) -> SessionState {
     let mut done = session.clone();
-    if done.ended_at.is_none() {
-        let ended = over(session, policy, now).map_or(now, |(at, _)| at);
-        done.ended_at = Some(ended);
-        done.status = Status::Exited;
-    }
+    finalize(&mut done);
+    done.ended_at = Some(ended_at(session, policy, now));
     done.background_since = None;
     done
+}
+
+/// What the sweeper does with a client found in its due index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Nothing left to finalize (no record, or its session already finalized).
+    Drop,
+    /// The session idled out and its client never came back: finalize it now.
+    Finalize,
+    /// Still live (activity moved its deadline): look again then.
+    Recheck(i64),
+}
+
+/// The sweeper's decision for the session a due index entry points at.
+pub fn sweep(stored: Option<&SessionState>, policy: &Policy, now: i64) -> Sweep {
+    let Some(session) = stored.filter(|s| !s.finalized) else {
+        return Sweep::Drop;
+    };
+    let now = effective_now(Some(session), now);
+    match deadline(session, policy) {
+        Some((at, _)) if now < at => Sweep::Recheck(at),
+        _ => Sweep::Finalize,
+    }
 }
 
 /// The first state of a new session.
@@ -225,6 +299,8 @@ pub fn started(
         background_since: None,
         ended_at: None,
         status: Status::Ok,
+        errors: 0,
+        finalized: false,
         reason,
         attributes,
     }
@@ -429,8 +505,55 @@ mod tests {
         };
         assert_eq!(
             decide(Some(&s), &op, None, &web(), 0),
-            Decision::EndOther(other)
+            Decision::Other(other)
         );
+    }
+
+    fn report(session_id: Option<SessionId>) -> Op {
+        Op::Report {
+            report: Report::new(1, false).unwrap(),
+            session_id,
+        }
+    }
+
+    #[test]
+    fn a_report_updates_a_live_session_finalizes_an_over_one_and_amends_a_finalized_one() {
+        assert_eq!(
+            decide(None, &report(None), None, &web(), 0),
+            Decision::NoLiveSession
+        );
+        let mut s = session(0, 0);
+        assert_eq!(
+            decide(Some(&s), &report(None), None, &web(), MIN),
+            Decision::Report(ReportEffect::Live)
+        );
+        assert_eq!(
+            decide(
+                Some(&s),
+                &report(Some(s.id.clone())),
+                None,
+                &web(),
+                31 * MIN
+            ),
+            Decision::Report(ReportEffect::Finalize)
+        );
+        assert!(finalize(&mut s));
+        assert!(!finalize(&mut s), "finalized once");
+        assert_eq!(
+            decide(Some(&s), &report(None), None, &web(), 31 * MIN),
+            Decision::Report(ReportEffect::Amend)
+        );
+    }
+
+    #[test]
+    fn the_sweeper_finalizes_what_idled_out_rechecks_what_moved_and_drops_the_rest() {
+        let s = session(0, 10 * MIN);
+        assert_eq!(sweep(None, &web(), 0), Sweep::Drop);
+        assert_eq!(sweep(Some(&s), &web(), 30 * MIN), Sweep::Recheck(40 * MIN));
+        assert_eq!(sweep(Some(&s), &web(), 40 * MIN), Sweep::Finalize);
+        let mut done = s.clone();
+        finalize(&mut done);
+        assert_eq!(sweep(Some(&done), &web(), 40 * MIN), Sweep::Drop);
     }
 
     #[test]
@@ -473,11 +596,21 @@ mod tests {
     }
 
     #[test]
+    fn ending_keeps_the_worse_of_health_and_end_status() {
+        let mut s = session(0, 0);
+        s.status = Status::Errored;
+        end(&mut s, EndStatus::Exited, MIN);
+        assert_eq!(s.status, Status::Errored);
+        assert!(s.finalized);
+    }
+
+    #[test]
     fn finalizing_an_idled_out_session_ends_it_at_its_deadline() {
         let s = session(0, 10 * MIN);
         let done = finalized(&s, &web(), 90 * MIN);
         assert_eq!(done.ended_at, Some(40 * MIN));
         assert_eq!(done.status, Status::Exited);
+        assert!(done.finalized);
     }
 
     #[test]

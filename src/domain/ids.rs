@@ -101,6 +101,15 @@ impl ClientHash {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Reads a hash back from the store (a session id's pointer): 32 lowercase hex characters.
+    pub fn parse_stored(raw: &str) -> Option<Self> {
+        let valid = raw.len() == 32
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| Self(raw.to_owned()))
+    }
 }
 
 /// Hashes client keys with a key derived from the deployment secret (keyed BLAKE3), so a

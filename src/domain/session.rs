@@ -15,14 +15,50 @@ pub enum Reason {
     UserChange,
 }
 
-/// A session's status: `ok` while live, then its final status.
+/// A session's status. While live it is its health (`ok`, `errored`, `crashed`); once it
+/// ended or was finalized, its final status (`exited`, `errored`, `crashed`, `abnormal`).
+/// It only ever moves to a worse one ([`Status::worse`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
     Exited,
-    Crashed,
+    Errored,
     Abnormal,
+    Crashed,
+}
+
+impl Status {
+    /// How bad a status is: `ok` and `exited` (nothing wrong) < `errored` < `abnormal` <
+    /// `crashed`.
+    fn rank(self) -> u8 {
+        match self {
+            Status::Ok | Status::Exited => 0,
+            Status::Errored => 1,
+            Status::Abnormal => 2,
+            Status::Crashed => 3,
+        }
+    }
+
+    /// The worse of two statuses; on a tie the second, so a live `ok` session ended with
+    /// `exited` becomes `exited`.
+    pub fn worse(self, other: Status) -> Status {
+        if other.rank() >= self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Exited => "exited",
+            Status::Errored => "errored",
+            Status::Abnormal => "abnormal",
+            Status::Crashed => "crashed",
+        }
+    }
 }
 
 /// The statuses a client may end a session with.
@@ -32,6 +68,18 @@ pub enum EndStatus {
     Exited,
     Crashed,
     Abnormal,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NewClient => "new_client",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::MaxDuration => "max_duration",
+            Reason::Ended => "ended",
+            Reason::UserChange => "user_change",
+        }
+    }
 }
 
 impl From<EndStatus> for Status {
@@ -67,10 +115,21 @@ pub struct SessionState {
     pub ended_at: Option<i64>,
     #[serde(rename = "st")]
     pub status: Status,
+    /// Handled errors reported for this session.
+    #[serde(rename = "n", default, skip_serializing_if = "is_zero")]
+    pub errors: u64,
+    /// Set once its `ended` event was written, so it is finalized exactly once. An idled-out
+    /// session finalized by the sweeper keeps no `ended_at`: its deadline says when it ended.
+    #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
+    pub finalized: bool,
     #[serde(rename = "r")]
     pub reason: Reason,
     #[serde(rename = "a", default)]
     pub attributes: Attributes,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 // SessionId travels through serde as its string form; a stored id that is not one is corrupt.

@@ -2,9 +2,9 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::AppState;
 use super::problem::ApiError;
 use super::views::SessionRecord;
+use super::{AppState, admin};
 use crate::domain::decision::retained_until;
 use crate::domain::{Namespace, Policy, SessionId};
 
@@ -13,6 +13,7 @@ pub async fn lookup(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    admin::authorize(&req, &state)?;
     let raw = req.match_info().get("session_id").unwrap_or("");
     let id = SessionId::parse(raw).map_err(|e| ApiError::invalid("session_id", e))?;
     let found = state.store.find(&id).await;

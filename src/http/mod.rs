@@ -1,5 +1,6 @@
 //! The HTTP layer: routes, the JSON body extractor, CORS, and problem+json errors.
 
+pub mod admin;
 pub mod body;
 pub mod cors;
 pub mod lookup;
@@ -81,6 +82,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("/foreground", OpName::Foreground),
         ("/background", OpName::Background),
         ("/end", OpName::End),
+        ("/report", OpName::Report),
     ];
     let mut scope = web::scope("/v1/sessions").wrap(from_fn(cors::middleware));
     for (path, op) in calls {
@@ -103,6 +105,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
     cfg.service(scope);
     for (path, handler) in [
+        ("/v1/events", web::get().to(admin::events)),
+        ("/v1/stats", web::get().to(admin::stats)),
         ("/healthz", web::get().to(system::healthz)),
         ("/readyz", web::get().to(system::readyz)),
         ("/metrics", web::get().to(system::metrics)),

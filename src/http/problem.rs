@@ -43,6 +43,8 @@ pub enum ApiError {
         method: String,
         allowed: &'static str,
     },
+    #[error("this call requires the admin token as `Authorization: Bearer TOKEN`")]
+    Unauthorized,
     #[error("origin {0:?} is not allowed for this namespace")]
     OriginNotAllowed(String),
     #[error("the session store is unavailable; retry shortly")]
@@ -70,6 +72,7 @@ impl ApiError {
             Self::SessionNotFound(_) => ("session-not-found", "Session not found"),
             Self::RouteNotFound(_) => ("not-found", "Not found"),
             Self::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
+            Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::OriginNotAllowed(_) => ("origin-not-allowed", "Origin not allowed"),
             Self::StoreUnavailable => ("store-unavailable", "The session store is unavailable"),
             Self::Internal => ("internal", "Internal error"),
@@ -105,6 +108,7 @@ impl ResponseError for ApiError {
             | Self::SessionNotFound(_)
             | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -118,6 +122,10 @@ impl ResponseError for ApiError {
             Self::StoreUnavailable => {
                 response
                     .insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+            }
+            Self::Unauthorized => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
             Self::MethodNotAllowed { allowed, .. } => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static(allowed)));

@@ -1,4 +1,4 @@
-//! The session calls: current, tick, foreground, background, end, and batch.
+//! The session calls: current, tick, foreground, background, end, report, and batch.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,9 @@ use super::{AppState, cors};
 use crate::config::OnStoreError;
 use crate::domain::decision::started;
 use crate::domain::namespace::DEFAULT_NAMESPACE;
-use crate::domain::{Attributes, ClientKey, EndStatus, Namespace, Op, Reason, SessionId};
+use crate::domain::{
+    Attributes, ClientHash, ClientKey, EndStatus, Namespace, Op, Reason, Report, SessionId,
+};
 use crate::store::{Command, Outcome, StoreError};
 
 /// The calls that decide a session.
@@ -22,6 +24,7 @@ pub enum OpName {
     Foreground,
     Background,
     End,
+    Report,
 }
 
 /// The body of a call, and of one batch operation (which also names its `op`).
@@ -35,6 +38,8 @@ pub struct CallBody {
     create: Option<bool>,
     status: Option<EndStatus>,
     session_id: Option<String>,
+    errors: Option<u64>,
+    crashed: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,8 +60,9 @@ struct ParsedCall {
 
 impl AppState {
     /// Validates a call: every field, the namespace and the caller's origin. `prefix` names
-    /// the place of the body within the request (a batch operation's index).
-    fn parse_call(
+    /// the place of the body within the request (a batch operation's index). A report that
+    /// names a session but no client is resolved to the session's owner in the store.
+    async fn parse_call(
         &self,
         req: &HttpRequest,
         op: OpName,
@@ -64,36 +70,11 @@ impl AppState {
         prefix: &str,
     ) -> Result<ParsedCall, ApiError> {
         let field = |name: &str| format!("{prefix}{name}");
-        let raw_ns = body.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-        let (namespace, settings) = Namespace::parse(raw_ns)
-            .ok()
-            .and_then(|n| self.settings.namespaces.get_key_value(&n))
-            .ok_or_else(|| ApiError::UnknownNamespace(truncate(raw_ns, 64)))?;
-        cors::check(req, settings)?;
-        let (client, minted) = match body.client {
-            Some(raw) => (
-                ClientKey::parse(&raw, self.settings.min_client_length)
-                    .map_err(|e| ApiError::invalid(field("client"), e))?,
-                None,
-            ),
-            None => {
-                let key = self.ids.client_key();
-                (key.clone(), Some(key))
-            }
-        };
-        let attrs = body.attributes.unwrap_or_default();
-        let attributes = Attributes::parse(
-            attrs.release,
-            attrs.environment,
-            attrs.platform,
-            attrs.user_id,
-        )
-        .map_err(|(name, e)| ApiError::invalid(field(&format!("attributes.{name}")), e))?;
-        let only = |present: bool, name: &str, call: &str| {
+        let only = |present: bool, name: &str, calls: &str| {
             if present {
                 Err(ApiError::invalid(
                     field(name),
-                    format!("applies only to {call}"),
+                    format!("applies only to {calls}"),
                 ))
             } else {
                 Ok(())
@@ -104,8 +85,41 @@ impl AppState {
         }
         if op != OpName::End {
             only(body.status.is_some(), "status", "end")?;
-            only(body.session_id.is_some(), "session_id", "end")?;
         }
+        if !matches!(op, OpName::End | OpName::Report) {
+            only(body.session_id.is_some(), "session_id", "end and report")?;
+        }
+        if op == OpName::Report {
+            only(
+                body.attributes.is_some(),
+                "attributes",
+                "the session calls, not report",
+            )?;
+        } else {
+            only(body.errors.is_some(), "errors", "report")?;
+            only(body.crashed.is_some(), "crashed", "report")?;
+        }
+        let session_id = body
+            .session_id
+            .map(|raw| {
+                SessionId::parse(&raw).map_err(|e| ApiError::invalid(field("session_id"), e))
+            })
+            .transpose()?;
+        let attrs = body.attributes.unwrap_or_default();
+        let attributes = Attributes::parse(
+            attrs.release,
+            attrs.environment,
+            attrs.platform,
+            attrs.user_id,
+        )
+        .map_err(|(name, e)| ApiError::invalid(field(&format!("attributes.{name}")), e))?;
+        let client = body
+            .client
+            .map(|raw| {
+                ClientKey::parse(&raw, self.settings.min_client_length)
+                    .map_err(|e| ApiError::invalid(field("client"), e))
+            })
+            .transpose()?;
         let op = match op {
             OpName::Current => Op::Current {
                 create: body.create.unwrap_or(true),
@@ -115,19 +129,61 @@ impl AppState {
             OpName::Background => Op::Background,
             OpName::End => Op::End {
                 status: body.status.unwrap_or(EndStatus::Exited),
-                session_id: body
-                    .session_id
-                    .map(|raw| {
-                        SessionId::parse(&raw)
-                            .map_err(|e| ApiError::invalid(field("session_id"), e))
-                    })
-                    .transpose()?,
+                session_id,
             },
+            OpName::Report => {
+                let errors = body.errors.unwrap_or(0);
+                if errors > Report::MAX_ERRORS {
+                    return Err(ApiError::invalid(
+                        field("errors"),
+                        format!("is at most {} in one report", Report::MAX_ERRORS),
+                    ));
+                }
+                let report = Report::new(errors, body.crashed.unwrap_or(false))
+                    .map_err(|e| ApiError::invalid(field("errors"), e))?;
+                if client.is_none() && session_id.is_none() {
+                    return Err(ApiError::invalid(
+                        field("client"),
+                        "a report names a client or a session_id",
+                    ));
+                }
+                Op::Report { report, session_id }
+            }
         };
+        let (namespace, client, minted) = match (client, &op) {
+            (Some(key), _) => (body.namespace, self.hasher.hash(&key), None),
+            (
+                None,
+                Op::Report {
+                    session_id: Some(id),
+                    ..
+                },
+            ) => {
+                let (namespace, hash) = self.owner(id).await?;
+                if body
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|n| n != namespace.as_str())
+                {
+                    return Err(ApiError::SessionNotFound(id.to_string()));
+                }
+                (Some(namespace.to_string()), hash, None)
+            }
+            (None, _) => {
+                let key = self.ids.client_key();
+                (body.namespace, self.hasher.hash(&key), Some(key))
+            }
+        };
+        let raw_ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let (namespace, settings) = Namespace::parse(raw_ns)
+            .ok()
+            .and_then(|n| self.settings.namespaces.get_key_value(&n))
+            .ok_or_else(|| ApiError::UnknownNamespace(truncate(raw_ns, 64)))?;
+        cors::check(req, settings)?;
         Ok(ParsedCall {
             command: Command {
                 namespace: namespace.clone(),
-                client: self.hasher.hash(&client),
+                client,
                 policy: settings.policy,
                 op,
                 attributes,
@@ -135,6 +191,13 @@ impl AppState {
             minted,
             on_store_error: settings.on_store_error,
         })
+    }
+
+    /// The namespace and client of a retained session id.
+    async fn owner(&self, id: &SessionId) -> Result<(Namespace, ClientHash), ApiError> {
+        let owner = self.store.owner(id).await;
+        self.record_store_result(&owner);
+        owner?.ok_or_else(|| ApiError::SessionNotFound(id.to_string()))
     }
 
     /// A session drawn here while the store is unreachable (CONTRACT section 5.6): never
@@ -199,16 +262,13 @@ impl AppState {
                 })
             }
             Outcome::NoLiveSession => Err(ApiError::NoLiveSession),
-            Outcome::UnknownSession => {
-                let id = match &call.command.op {
-                    Op::End {
-                        session_id: Some(id),
-                        ..
-                    } => id.to_string(),
-                    _ => String::new(),
-                };
-                Err(ApiError::SessionNotFound(id))
-            }
+            Outcome::UnknownSession => Err(ApiError::SessionNotFound(
+                call.command
+                    .op
+                    .names()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            )),
         }
     }
 }
@@ -226,7 +286,7 @@ pub async fn call(
             "names the call only in batch operations",
         ));
     }
-    let parsed = state.parse_call(&req, op, body, "")?;
+    let parsed = state.parse_call(&req, op, body, "").await?;
     let outcome = state.store.execute(&parsed.command).await;
     let body = state.answer(parsed, outcome)?;
     Ok(HttpResponse::Ok().json(body))
@@ -264,19 +324,21 @@ pub async fn batch(
             format!("holds at most {max} operations"),
         ));
     }
-    let parsed: Vec<Result<ParsedCall, ApiError>> = body
-        .operations
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| {
-            let prefix = format!("operations[{i}].");
-            let body: CallBody = decode_value(value, &format!("operations[{i}]"))?;
-            let op = body.op.ok_or_else(|| {
-                ApiError::invalid(format!("{prefix}op"), "is required in a batch operation")
-            })?;
-            state.parse_call(&req, op, body, &prefix)
-        })
-        .collect();
+    let mut parsed: Vec<Result<ParsedCall, ApiError>> = Vec::with_capacity(body.operations.len());
+    for (i, value) in body.operations.into_iter().enumerate() {
+        let prefix = format!("operations[{i}].");
+        let call = match decode_value::<CallBody>(value, &format!("operations[{i}]")) {
+            Ok(body) => match body.op {
+                Some(op) => state.parse_call(&req, op, body, &prefix).await,
+                None => Err(ApiError::invalid(
+                    format!("{prefix}op"),
+                    "is required in a batch operation",
+                )),
+            },
+            Err(e) => Err(e),
+        };
+        parsed.push(call);
+    }
     let commands: Vec<Command> = parsed
         .iter()
         .filter_map(|p| p.as_ref().ok())

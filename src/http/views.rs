@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use crate::domain::decision::{deadline, finalized, over};
-use crate::domain::{Attributes, Policy, Reason, SessionState, Status};
+use crate::domain::{Attributes, Event, EventKind, Policy, Reason, SessionState, Status};
 
 /// What the store knows of one session, as answered by every call and by lookup.
 #[derive(Debug, Serialize)]
@@ -21,6 +21,8 @@ pub struct SessionRecord {
     pub ended_at: Option<String>,
     pub reason: Reason,
     pub status: Status,
+    /// Handled errors reported for it.
+    pub errors: u64,
     pub attributes: Attributes,
 }
 
@@ -59,7 +61,60 @@ impl SessionRecord {
             ended_at: shown.ended_at.map(rfc3339),
             reason: shown.reason,
             status: shown.status,
+            errors: shown.errors,
             attributes: shown.attributes,
+        }
+    }
+}
+
+/// A lifecycle event as `GET /v1/events` answers it: the fields of the Redis stream entry,
+/// with times in RFC 3339.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    /// Its cursor: pass it as `after` to read on from here.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// When the store wrote it.
+    pub recorded_at: String,
+    pub session_id: String,
+    pub namespace: String,
+    pub index: u64,
+    pub previous_session_id: Option<String>,
+    pub reason: Reason,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub status: Status,
+    pub errors: u64,
+    pub release: Option<String>,
+    pub environment: Option<String>,
+    pub platform: Option<String>,
+    pub user_id: Option<String>,
+}
+
+impl From<Event> for EventView {
+    fn from(event: Event) -> Self {
+        let duration_ms = event.duration_ms();
+        let s = event.session;
+        Self {
+            id: event.id.to_string(),
+            kind: event.kind,
+            recorded_at: rfc3339(event.id.ms as i64),
+            session_id: s.id.to_string(),
+            namespace: event.namespace,
+            index: s.index,
+            previous_session_id: s.previous.as_ref().map(ToString::to_string),
+            reason: s.reason,
+            started_at: rfc3339(s.started_at),
+            ended_at: event.ended_at.map(rfc3339),
+            duration_ms,
+            status: s.status,
+            errors: s.errors,
+            release: s.attributes.release,
+            environment: s.attributes.environment,
+            platform: s.attributes.platform,
+            user_id: s.attributes.user_id,
         }
     }
 }

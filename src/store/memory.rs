@@ -1,17 +1,22 @@
 //! The embedded store: sessions in this process's memory, with the same semantics as Redis
 //! on one instance. Sessions live only as long as the process.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Command, Found, Outcome, Retention, SessionStore, StoreError};
-use crate::domain::decision::{
-    apply_update, effective_now, end, finalized, record_expires_at, started,
+use super::{
+    Command, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept, policy_of,
 };
+use crate::domain::decision::{
+    Sweep, apply_update, deadline, effective_now, end, ended_at, finalize, finalized,
+    record_expires_at, retained_until, started, sweep,
+};
+use crate::domain::stats::{self, StatChange, StatsQuery, StatsSummary};
 use crate::domain::{
-    ClientHash, Clock, Decision, IdSource, Namespace, SessionId, SessionState, decide,
+    ClientHash, Clock, Decision, Event, EventId, EventKind, IdSource, Namespace, Op, Policy,
+    ReportEffect, SessionId, SessionState, decide,
 };
 
 /// A client's place in the keyspace, as the Redis store's `{namespace:hash}` tag.
@@ -29,15 +34,99 @@ struct Expiring<T> {
     expires_at: i64,
 }
 
+/// When each client's session is due for the sweeper to look at, like the Redis store's
+/// sorted set: one entry per client, set when a session starts and moved by the sweeper.
+#[derive(Default)]
+struct DueIndex {
+    at: HashMap<Tag, i64>,
+    order: BTreeSet<(i64, Tag)>,
+}
+
+impl DueIndex {
+    fn set(&mut self, tag: &Tag, at: i64) {
+        if let Some(old) = self.at.insert(tag.clone(), at) {
+            self.order.remove(&(old, tag.clone()));
+        }
+        self.order.insert((at, tag.clone()));
+    }
+
+    /// Takes up to `limit` clients due at `now`.
+    fn take_due(&mut self, now: i64, limit: usize) -> Vec<Tag> {
+        let mut due = Vec::new();
+        while due.len() < limit {
+            match self.order.first() {
+                Some((at, _)) if *at <= now => {}
+                _ => break,
+            }
+            if let Some((_, tag)) = self.order.pop_first() {
+                self.at.remove(&tag);
+                due.push(tag);
+            }
+        }
+        due
+    }
+}
+
+/// The lifecycle events, a bounded ring: the oldest are dropped first.
+struct EventLog {
+    events: VecDeque<Event>,
+    capacity: usize,
+    last: EventId,
+}
+
+impl EventLog {
+    fn push(
+        &mut self,
+        kind: EventKind,
+        namespace: &str,
+        session: &SessionState,
+        ended_at: Option<i64>,
+        now: i64,
+    ) {
+        // Ids grow even if the clock steps back, so a cursor never skips an event.
+        let ms = u64::try_from(now).unwrap_or(0);
+        self.last = if ms > self.last.ms {
+            EventId {
+                ms,
+                seq: 0,
+                shard: 0,
+            }
+        } else {
+            EventId {
+                seq: self.last.seq + 1,
+                ..self.last
+            }
+        };
+        if self.events.len() >= self.capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            id: self.last,
+            kind,
+            namespace: namespace.to_owned(),
+            session: session.clone(),
+            ended_at,
+        });
+    }
+
+    fn after(&self, after: Option<EventId>, limit: usize) -> Vec<Event> {
+        let from = after.map_or(0, |a| self.events.partition_point(|e| e.id <= a));
+        self.events.iter().skip(from).take(limit).cloned().collect()
+    }
+}
+
 /// Records with expiries, like Redis keys with a TTL: a client's current session, and the
 /// archive of its earlier sessions still retained. `ids` indexes every retained session id,
-/// which is what makes ids unique among retained sessions.
-#[derive(Default)]
+/// which is what makes ids unique among retained sessions. Health data lives beside them:
+/// the sweeper's due index, the event ring, and the stats hashes of each day.
 struct Keyspace {
     clients: HashMap<Tag, Expiring<SessionState>>,
     archives: HashMap<Tag, Expiring<Vec<SessionState>>>,
     ids: HashMap<SessionId, Tag>,
     expiries: BTreeSet<(i64, Record)>,
+    due: DueIndex,
+    events: EventLog,
+    stats: HashMap<i64, HashMap<String, i64>>,
 }
 
 /// Whether an archived (ended) session is still readable by id at `now`.
@@ -51,7 +140,26 @@ fn still_retained(session: &SessionState, now: i64, session_retention: i64) -> b
 /// the janitor task removes the rest.
 const PURGE_PER_CALL: usize = 32;
 
+/// How many due clients one sweep looks at, as the Redis store's per-bucket limit.
+const SWEEP_LIMIT: usize = 10_000;
+
 impl Keyspace {
+    fn new(events: usize) -> Self {
+        Self {
+            clients: HashMap::new(),
+            archives: HashMap::new(),
+            ids: HashMap::new(),
+            expiries: BTreeSet::new(),
+            due: DueIndex::default(),
+            events: EventLog {
+                events: VecDeque::new(),
+                capacity: events.max(1),
+                last: EventId::default(),
+            },
+            stats: HashMap::new(),
+        }
+    }
+
     fn set_expiry(&mut self, record: Record, old: Option<i64>, new: i64) {
         if let Some(old) = old {
             self.expiries.remove(&(old, record.clone()));
@@ -103,17 +211,17 @@ impl Keyspace {
             .map(|r| &r.value)
     }
 
-    fn archived(
-        &self,
+    fn archived_mut(
+        &mut self,
         tag: &Tag,
         id: &SessionId,
         now: i64,
         session_retention: i64,
-    ) -> Option<&SessionState> {
-        let archive = self.archives.get(tag).filter(|a| a.expires_at > now)?;
+    ) -> Option<&mut SessionState> {
+        let archive = self.archives.get_mut(tag).filter(|a| a.expires_at > now)?;
         archive
             .value
-            .iter()
+            .iter_mut()
             .find(|s| s.id == *id && still_retained(s, now, session_retention))
     }
 
@@ -163,6 +271,44 @@ impl Keyspace {
             }
         }
     }
+
+    fn count(&mut self, changes: Vec<StatChange>) {
+        for change in changes {
+            match change {
+                StatChange::Add { day, field, by } => {
+                    *self.stats.entry(day).or_default().entry(field).or_default() += by;
+                }
+                StatChange::Mark { day, field } => {
+                    self.stats.entry(day).or_default().insert(field, 1);
+                }
+            }
+        }
+    }
+
+    /// A lifecycle event and the stats that follow it.
+    fn record(
+        &mut self,
+        kind: EventKind,
+        namespace: &str,
+        session: &SessionState,
+        ended_at: Option<i64>,
+        now: i64,
+    ) {
+        self.events.push(kind, namespace, session, ended_at, now);
+        let changes = match kind {
+            EventKind::Started => stats::on_started(namespace, session),
+            EventKind::Ended => stats::on_finalized(namespace, session),
+            EventKind::Amended => return,
+        };
+        self.count(changes);
+    }
+
+    /// Drops the stats of days past retention.
+    fn purge_stats(&mut self, now: i64, stats_retention: i64) {
+        let day_ms = 24 * stats::HOUR_MS;
+        self.stats
+            .retain(|day, _| (day + 1) * day_ms + stats_retention > now);
+    }
 }
 
 pub struct MemoryStore {
@@ -175,7 +321,7 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, ids: Arc<dyn IdSource>, retention: Retention) -> Self {
         Self {
-            keyspace: Mutex::new(Keyspace::default()),
+            keyspace: Mutex::new(Keyspace::new(retention.events)),
             clock,
             ids,
             retention,
@@ -191,7 +337,9 @@ impl MemoryStore {
     /// Removes expired records; the janitor task calls this so memory follows retention.
     pub fn purge_expired(&self, limit: usize) -> usize {
         let now = self.clock.now_ms();
-        self.lock().purge(now, limit)
+        let mut ks = self.lock();
+        ks.purge_stats(now, self.retention.stats_ms());
+        ks.purge(now, limit)
     }
 
     /// How many session ids are retained (live or readable by id).
@@ -203,35 +351,76 @@ impl MemoryStore {
         let store_now = self.clock.now_ms();
         ks.purge(store_now, PURGE_PER_CALL);
         let tag = (cmd.namespace.clone(), cmd.client.clone());
+        let ns = cmd.namespace.as_str();
+        let policy = &cmd.policy;
         let stored = ks.current(&tag, store_now).cloned();
         let now = effective_now(stored.as_ref(), store_now);
         let user_id = cmd.attributes.user_id.as_deref();
         let (client_ms, session_ms) = (self.retention.client_ms(), self.retention.session_ms());
-        let keep_until =
-            |s: &SessionState| record_expires_at(s, &cmd.policy, client_ms, session_ms);
+        let keep_until = |s: &SessionState| record_expires_at(s, policy, client_ms, session_ms);
         let answer = |session: SessionState, created: bool| Outcome::Session {
             session,
             created,
             now,
         };
         match (
-            decide(stored.as_ref(), &cmd.op, user_id, &cmd.policy, now),
+            decide(stored.as_ref(), &cmd.op, user_id, policy, now),
             stored,
         ) {
             (Decision::NoLiveSession, _) => Outcome::NoLiveSession,
-            (Decision::EndOther(id), _) => match ks.archived(&tag, &id, now, session_ms) {
-                Some(s) => answer(s.clone(), false),
-                None => Outcome::UnknownSession,
-            },
+            (Decision::Other(id), _) => {
+                let Some(s) = ks.archived_mut(&tag, &id, now, session_ms) else {
+                    return Outcome::UnknownSession;
+                };
+                let Op::Report { report, .. } = &cmd.op else {
+                    return answer(s.clone(), false);
+                };
+                let before = s.status;
+                let changed = report.apply(s);
+                let s = s.clone();
+                if changed {
+                    amend(ks, ns, before, &s, s.ended_at, now);
+                }
+                answer(s, false)
+            }
             (Decision::Keep, Some(s)) => answer(s, false),
             (Decision::Update(update), Some(mut s)) => {
                 if apply_update(&mut s, update, user_id, now) {
+                    if update.bind_user {
+                        ks.count(stats::user_marks(ns, &s));
+                    }
                     ks.save_current(&tag, s.clone(), keep_until(&s));
                 }
                 answer(s, false)
             }
             (Decision::End(status), Some(mut s)) => {
                 end(&mut s, status, now);
+                ks.record(EventKind::Ended, ns, &s, Some(now), now);
+                ks.save_current(&tag, s.clone(), keep_until(&s));
+                answer(s, false)
+            }
+            (Decision::Report(effect), Some(mut s)) => {
+                let Op::Report { report, .. } = &cmd.op else {
+                    return Outcome::NoLiveSession;
+                };
+                if effect != ReportEffect::Live && retained_until(&s, policy, session_ms) <= now {
+                    return Outcome::UnknownSession;
+                }
+                let before = s.status;
+                let changed = report.apply(&mut s);
+                match effect {
+                    ReportEffect::Live => ks.count(stats::user_marks(ns, &s)),
+                    ReportEffect::Finalize => {
+                        finalize(&mut s);
+                        let ended = ended_at(&s, policy, now);
+                        ks.record(EventKind::Ended, ns, &s, Some(ended), now);
+                    }
+                    ReportEffect::Amend if changed => {
+                        let ended = ended_at(&s, policy, now);
+                        amend(ks, ns, before, &s, Some(ended), now);
+                    }
+                    ReportEffect::Amend => {}
+                }
                 ks.save_current(&tag, s.clone(), keep_until(&s));
                 answer(s, false)
             }
@@ -244,18 +433,41 @@ impl MemoryStore {
                     tracing::warn!("session id collision among retained sessions; drawing again");
                 };
                 if let Some(prev) = &previous {
-                    ks.archive(&tag, finalized(prev, &cmd.policy, now), now, session_ms);
+                    let done = finalized(prev, policy, now);
+                    if !prev.finalized {
+                        ks.record(EventKind::Ended, ns, &done, done.ended_at, now);
+                    }
+                    ks.archive(&tag, done, now, session_ms);
                 }
                 let s = started(id, previous.as_ref(), reason, cmd.attributes.clone(), now);
+                ks.record(EventKind::Started, ns, &s, None, now);
+                if let Some((at, _)) = deadline(&s, policy) {
+                    ks.due.set(&tag, at);
+                }
                 ks.save_current(&tag, s.clone(), keep_until(&s));
                 answer(s, true)
             }
-            // The table never keeps, updates or ends a session that is not there.
-            (Decision::Keep | Decision::Update(_) | Decision::End(_), None) => {
-                Outcome::NoLiveSession
-            }
+            // The table never keeps, updates, ends or reports a session that is not there.
+            (
+                Decision::Keep | Decision::Update(_) | Decision::End(_) | Decision::Report(_),
+                None,
+            ) => Outcome::NoLiveSession,
         }
     }
+}
+
+/// An amended final status: its event, and the stats moved from the old status to the new.
+fn amend(
+    ks: &mut Keyspace,
+    ns: &str,
+    before: crate::domain::Status,
+    session: &SessionState,
+    ended_at: Option<i64>,
+    now: i64,
+) {
+    ks.events
+        .push(EventKind::Amended, ns, session, ended_at, now);
+    ks.count(stats::on_amended(ns, before, session));
 }
 
 #[async_trait]
@@ -280,15 +492,65 @@ impl SessionStore for MemoryStore {
         let Some(tag) = ks.ids.get(id).cloned() else {
             return Ok(None);
         };
-        let session = ks
-            .current(&tag, now)
-            .filter(|s| s.id == *id)
-            .or_else(|| ks.archived(&tag, id, now, self.retention.session_ms()));
-        Ok(session.map(|s| Found {
+        let session = match ks.current(&tag, now).filter(|s| s.id == *id) {
+            Some(s) => Some(s.clone()),
+            None => ks
+                .archived_mut(&tag, id, now, self.retention.session_ms())
+                .map(|s| s.clone()),
+        };
+        Ok(session.map(|session| Found {
             namespace: tag.0.to_string(),
-            session: s.clone(),
+            session,
             now,
         }))
+    }
+
+    async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError> {
+        Ok(self.lock().ids.get(id).cloned())
+    }
+
+    async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError> {
+        let now = self.clock.now_ms();
+        let mut ks = self.lock();
+        let due = ks.due.take_due(now, SWEEP_LIMIT);
+        let more = due.len() == SWEEP_LIMIT;
+        let mut finalized_now = 0;
+        for tag in due {
+            let policy: Policy = policy_of(policies, tag.0.as_str());
+            let stored = ks
+                .clients
+                .get(&tag)
+                .filter(|r| r.expires_at > now)
+                .map(|r| (r.value.clone(), r.expires_at));
+            match (sweep(stored.as_ref().map(|(s, _)| s), &policy, now), stored) {
+                (Sweep::Recheck(at), _) => ks.due.set(&tag, at),
+                (Sweep::Finalize, Some((mut s, expires_at))) => {
+                    finalize(&mut s);
+                    let ended = ended_at(&s, &policy, now);
+                    ks.record(EventKind::Ended, tag.0.as_str(), &s, Some(ended), now);
+                    ks.save_current(&tag, s, expires_at);
+                    finalized_now += 1;
+                }
+                (Sweep::Drop | Sweep::Finalize, _) => {}
+            }
+        }
+        Ok(Swept {
+            finalized: finalized_now,
+            more,
+        })
+    }
+
+    async fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        Ok(self.lock().events.after(after, limit))
+    }
+
+    async fn stats(&self, query: &StatsQuery) -> Result<StatsSummary, StoreError> {
+        let ks = self.lock();
+        let days = query.days().filter_map(|day| ks.stats.get(&day));
+        Ok(stats::aggregate(
+            query,
+            days.flat_map(|fields| fields.iter().map(|(f, n)| (f.as_str(), *n))),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -314,6 +576,7 @@ mod tests {
         let retention = Retention {
             client: Duration::from_secs(48 * 3600),
             session: Duration::from_secs(24 * 3600),
+            ..Retention::default()
         };
         MemoryStore::new(clock, Arc::new(OsRandom), retention)
     }

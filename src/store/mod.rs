@@ -7,18 +7,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{Attributes, ClientHash, Namespace, Op, Policy, SessionId, SessionState};
+use std::collections::BTreeMap;
+
+use crate::domain::stats::{StatsQuery, StatsSummary};
+use crate::domain::{
+    Attributes, ClientHash, Event, EventId, Namespace, Op, Policy, SessionId, SessionState,
+};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
-/// How long records outlive their activity (CONTRACT section 7).
+/// How long records outlive their activity (CONTRACT section 7), and how much health data
+/// is kept (section 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// A client's record lives this long after its last activity.
     pub client: Duration,
     /// A session stays readable by id this long after it is over.
     pub session: Duration,
+    /// A day's stats are kept this long after the day ends.
+    pub stats: Duration,
+    /// About this many lifecycle events are kept, the oldest dropped first.
+    pub events: usize,
 }
 
 impl Retention {
@@ -29,6 +39,10 @@ impl Retention {
     pub fn session_ms(&self) -> i64 {
         self.session.as_millis() as i64
     }
+
+    pub fn stats_ms(&self) -> i64 {
+        self.stats.as_millis() as i64
+    }
 }
 
 impl Default for Retention {
@@ -36,6 +50,8 @@ impl Default for Retention {
         Self {
             client: Duration::from_secs(30 * 24 * 3600),
             session: Duration::from_secs(24 * 3600),
+            stats: Duration::from_secs(90 * 24 * 3600),
+            events: 100_000,
         }
     }
 }
@@ -77,6 +93,23 @@ pub struct Found {
     pub now: i64,
 }
 
+/// The policy of every configured namespace, for the sweeper; a namespace no longer
+/// configured is swept with the default policy.
+pub type Policies = BTreeMap<String, Policy>;
+
+pub fn policy_of(policies: &Policies, namespace: &str) -> Policy {
+    policies.get(namespace).copied().unwrap_or_default()
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Sessions this sweep finalized.
+    pub finalized: usize,
+    /// Whether entries were left for the next sweep (the per-sweep limit was reached).
+    pub more: bool,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer in time or could not be reached.
@@ -100,6 +133,20 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// What the store holds about one session id (retention is judged by the caller).
     async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError>;
+
+    /// The namespace and client a retained session id belongs to.
+    async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError>;
+
+    /// Finalizes sessions that idled out while their clients stayed away. Several instances
+    /// may sweep one store at once: each session is finalized by exactly one of them.
+    async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError>;
+
+    /// Up to `limit` lifecycle events after the cursor (from the oldest kept without one),
+    /// oldest first.
+    async fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Release-health stats of one namespace over a window of whole hours.
+    async fn stats(&self, query: &StatsQuery) -> Result<StatsSummary, StoreError>;
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -7,6 +7,14 @@
 //! - `PREFIX:id:{ID}`  the pointer from a session id to its client (`NS:HASH`). Reserving it
 //!   with `SET NX` is what makes ids unique among retained sessions; it has its own slot, so
 //!   it is written in a step of its own, before the script that starts the session.
+//!
+//! Health data is kept per bucket, so the same atomic script that decides a client's session
+//! writes it, and a cluster spreads it with the clients:
+//! - `PREFIX:{bucket}:due`  sorted set of the bucket's clients (`NS:HASH`) by when the sweeper
+//!   should look at their session; set when a session starts, moved by the sweeper;
+//! - `PREFIX:{bucket}:ev`  stream of the bucket's lifecycle events, trimmed with `MAXLEN ~`;
+//! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
+//!   (`domain::stats`), expiring `stats_retention` after the day.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,11 +24,15 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, RedisResult, RetryMethod, Script, Value};
 
-use super::{Command, Found, Outcome, Retention, SessionStore, StoreError};
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+
+use super::{Command, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept};
 use crate::domain::decision::untouched_lifetime;
+use crate::domain::stats::{self, StatsQuery, StatsSummary};
 use crate::domain::{
-    Attributes, ClientHash, EndStatus, IdSource, Mode, Namespace, OnUserChange, Op, SessionId,
-    SessionState,
+    Attributes, ClientHash, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
+    OnUserChange, Op, Policy, SessionId, SessionState,
 };
 
 /// How long past its retention a session id's pointer may outlive it: the pointer is
@@ -34,8 +46,12 @@ pub struct RedisStore {
     ids: Arc<dyn IdSource>,
     retention: Retention,
     session_script: Script,
+    sweep_script: Script,
     find_script: Script,
 }
+
+/// How many due clients one sweep looks at per bucket.
+const SWEEP_LIMIT: usize = 500;
 
 /// A script's answer before it is read into an [`Outcome`].
 enum Reply {
@@ -75,9 +91,18 @@ impl RedisStore {
             timeout,
             ids,
             retention,
-            session_script: Script::new(include_str!("session.lua")),
+            session_script: Script::new(concat!(
+                include_str!("lib.lua"),
+                include_str!("session.lua")
+            )),
+            sweep_script: Script::new(concat!(include_str!("lib.lua"), include_str!("sweep.lua"))),
             find_script: Script::new(include_str!("find.lua")),
         })
+    }
+
+    /// About how many events each bucket's stream keeps, so all of them keep `events`.
+    fn events_per_bucket(&self) -> usize {
+        self.retention.events.div_ceil(BUCKETS as usize).max(1)
     }
 
     fn pointer_key(&self, id: &SessionId) -> String {
@@ -104,14 +129,15 @@ impl RedisStore {
         cmd: &Command,
         candidate: Option<&SessionId>,
     ) -> redis::ScriptInvocation<'a> {
-        let [current, archive] =
-            client_keys(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
-        let (op, create, status, end_id) = match &cmd.op {
+        let (namespace, hash) = (cmd.namespace.as_str(), cmd.client.as_str());
+        let [current, archive] = client_keys(&self.prefix, namespace, hash);
+        let (op, create, status, report) = match &cmd.op {
             Op::Current { create } => ("current", *create, None, None),
             Op::Tick => ("tick", true, None, None),
             Op::Foreground => ("foreground", true, None, None),
             Op::Background => ("background", true, None, None),
-            Op::End { status, session_id } => ("end", false, Some(*status), session_id.as_ref()),
+            Op::End { status, .. } => ("end", false, Some(*status), None),
+            Op::Report { report, .. } => ("report", false, None, Some(report)),
         };
         let policy = &cmd.policy;
         let mut call = self.session_script.key(current);
@@ -119,18 +145,10 @@ impl RedisStore {
             .arg(op)
             .arg(if create { "1" } else { "0" })
             .arg(status.map_or("", end_status_name))
-            .arg(end_id.map_or("", SessionId::as_str))
+            .arg(cmd.op.names().map_or("", SessionId::as_str))
             .arg(policy.idle_timeout_ms)
-            .arg(
-                policy
-                    .max_duration_ms
-                    .map(|m| m.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(match policy.mode {
-                Mode::Inactivity => "inactivity",
-                Mode::Background => "background",
-            })
+            .arg(max_duration_arg(policy))
+            .arg(mode_name(policy))
             .arg(match policy.on_user_change {
                 OnUserChange::Keep => "keep",
                 OnUserChange::Restart => "restart",
@@ -139,8 +157,37 @@ impl RedisStore {
             .arg(self.retention.session_ms())
             .arg(POINTER_SLACK_MS)
             .arg(candidate.map_or("", SessionId::as_str))
-            .arg(attributes_json(&cmd.attributes));
+            .arg(attributes_json(&cmd.attributes))
+            .arg(bucket_prefix(&self.prefix, bucket_of(hash)))
+            .arg(namespace)
+            .arg(format!("{namespace}:{hash}"))
+            .arg(self.retention.stats_ms())
+            .arg(self.events_per_bucket())
+            .arg(report.map_or(0, |r| r.errors()))
+            .arg(if report.is_some_and(|r| r.crashed()) {
+                "1"
+            } else {
+                "0"
+            });
         call
+    }
+
+    /// Runs one pipeline of the same call for every bucket, loading `script` first if given
+    /// (pipelines do not reload scripts on NOSCRIPT).
+    async fn per_bucket<T: redis::FromRedisValue>(
+        &self,
+        script: Option<&Script>,
+        call: impl Fn(&mut redis::Pipeline, u32),
+    ) -> Result<Vec<T>, StoreError> {
+        let mut pipe = redis::pipe();
+        if let Some(script) = script {
+            pipe.load_script(script).ignore();
+        }
+        for bucket in 0..BUCKETS {
+            call(&mut pipe, bucket);
+        }
+        let mut con = self.connection.clone();
+        self.bounded(pipe.query_async(&mut con)).await
     }
 
     /// Reserves a fresh session id for a client: its pointer, set only if no retained
@@ -346,6 +393,109 @@ impl SessionStore for RedisStore {
         }))
     }
 
+    async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError> {
+        let mut con = self.connection.clone();
+        let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
+        let Some(tag) = tag else { return Ok(None) };
+        let owner = tag.split_once(':').and_then(|(namespace, hash)| {
+            Some((
+                Namespace::parse(namespace).ok()?,
+                ClientHash::parse_stored(hash)?,
+            ))
+        });
+        owner
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("pointer of {id} holds {tag:?}")))
+    }
+
+    /// Every bucket is swept by one script call, all in one pipelined round trip.
+    async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError> {
+        let replies: Vec<(usize, usize)> = self
+            .per_bucket(Some(&self.sweep_script), |pipe, bucket| {
+                let mut call = self
+                    .sweep_script
+                    .key(format!("{}due", bucket_prefix(&self.prefix, bucket)));
+                call.arg(bucket_prefix(&self.prefix, bucket))
+                    .arg(SWEEP_LIMIT)
+                    .arg(self.retention.stats_ms())
+                    .arg(self.events_per_bucket());
+                let others = std::iter::once(("", Policy::default()));
+                for (name, policy) in others.chain(policies.iter().map(|(n, p)| (n.as_str(), *p))) {
+                    call.arg(name)
+                        .arg(policy.idle_timeout_ms)
+                        .arg(max_duration_arg(&policy))
+                        .arg(mode_name(&policy));
+                }
+                pipe.invoke_script(&call);
+            })
+            .await?;
+        Ok(Swept {
+            finalized: replies.iter().map(|(finalized, _)| finalized).sum(),
+            more: replies
+                .iter()
+                .any(|(_, looked_at)| *looked_at >= SWEEP_LIMIT),
+        })
+    }
+
+    /// Merges the buckets' streams: each gives its first `limit` events after the cursor,
+    /// and the oldest `limit` of all of them are the answer. Only events older than the
+    /// store's clock at the start of the read are given: one added later may still take the
+    /// current millisecond in another stream, and must not land behind a cursor given out.
+    async fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut con = self.connection.clone();
+        let (seconds, micros): (u64, u64) = self
+            .bounded(redis::cmd("TIME").query_async(&mut con))
+            .await?;
+        let settled = seconds * 1000 + micros / 1000;
+        let pages: Vec<Vec<(String, Vec<String>)>> = self
+            .per_bucket(None, |pipe, bucket| {
+                let start = match after {
+                    None => "-".to_owned(),
+                    // Ties in time and sequence go by bucket: later buckets include the
+                    // cursor's own entry id, earlier ones (and its own) start after it.
+                    Some(a) if bucket > u32::from(a.shard) => format!("{}-{}", a.ms, a.seq),
+                    Some(a) => format!("({}-{}", a.ms, a.seq),
+                };
+                pipe.cmd("XRANGE")
+                    .arg(format!("{}ev", bucket_prefix(&self.prefix, bucket)))
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit);
+            })
+            .await?;
+        let mut events = Vec::new();
+        for (bucket, page) in pages.into_iter().enumerate() {
+            for (id, fields) in page {
+                let event = parse_event(bucket as u16, &id, fields)?;
+                if event.id.ms < settled {
+                    events.push(event);
+                }
+            }
+        }
+        events.sort_unstable_by_key(|e| e.id);
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn stats(&self, query: &StatsQuery) -> Result<StatsSummary, StoreError> {
+        let days: Vec<i64> = query.days().collect();
+        let hashes: Vec<Vec<(String, i64)>> = self
+            .per_bucket(None, |pipe, bucket| {
+                for day in &days {
+                    pipe.hgetall(format!("{}s:{day}", bucket_prefix(&self.prefix, bucket)));
+                }
+            })
+            .await?;
+        Ok(stats::aggregate(
+            query,
+            hashes
+                .iter()
+                .flatten()
+                .map(|(field, n)| (field.as_str(), *n)),
+        ))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut con = self.connection.clone();
         self.bounded(redis::cmd("PING").query_async::<()>(&mut con))
@@ -372,13 +522,88 @@ fn bucket_of(client_hash: &str) -> u32 {
         % BUCKETS
 }
 
+/// The start of every key of a bucket: `PREFIX:{bucket}:`.
+fn bucket_prefix(prefix: &str, bucket: u32) -> String {
+    format!("{prefix}:{{{bucket:02x}}}:")
+}
+
 /// The current-session and archive keys of a client, tagged with the client's bucket.
 fn client_keys(prefix: &str, namespace: &str, hash: &str) -> [String; 2] {
-    let bucket = bucket_of(hash);
+    let bucket = bucket_prefix(prefix, bucket_of(hash));
     [
-        format!("{prefix}:{{{bucket:02x}}}:c:{namespace}:{hash}"),
-        format!("{prefix}:{{{bucket:02x}}}:a:{namespace}:{hash}"),
+        format!("{bucket}c:{namespace}:{hash}"),
+        format!("{bucket}a:{namespace}:{hash}"),
     ]
+}
+
+fn max_duration_arg(policy: &Policy) -> String {
+    policy
+        .max_duration_ms
+        .map(|m| m.to_string())
+        .unwrap_or_default()
+}
+
+fn mode_name(policy: &Policy) -> &'static str {
+    match policy.mode {
+        Mode::Inactivity => "inactivity",
+        Mode::Background => "background",
+    }
+}
+
+/// Reads one stream entry written by `lib.lua`'s `event`.
+fn parse_event(shard: u16, id: &str, fields: Vec<String>) -> Result<Event, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event {id}: {what}"));
+    let (ms, seq) = id
+        .split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .ok_or_else(|| corrupt("id"))?;
+    let mut map = std::collections::HashMap::new();
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        map.insert(name, value);
+    }
+    let text = |name: &str| map.get(name).cloned();
+    let number = |name: &str| -> Result<Option<i64>, StoreError> {
+        map.get(name)
+            .map(|v| v.parse().map_err(|_| corrupt(name)))
+            .transpose()
+    };
+    let word = |name: &str| {
+        map.get(name)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(name))
+    };
+    fn named<'de, T: Deserialize<'de>>(raw: &'de str) -> Option<T> {
+        T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(raw)).ok()
+    }
+    let required = |name: &str| number(name)?.ok_or_else(|| corrupt(name));
+    let kind: EventKind = named(word("type")?).ok_or_else(|| corrupt("type"))?;
+    let session = SessionState {
+        id: SessionId::parse(word("session_id")?).map_err(|_| corrupt("session_id"))?,
+        index: u64::try_from(required("index")?).map_err(|_| corrupt("index"))?,
+        previous: text("previous_session_id").and_then(|p| SessionId::parse(&p).ok()),
+        started_at: required("started_at")?,
+        last_activity_at: required("last_activity_at")?,
+        background_since: None,
+        ended_at: None,
+        status: named(word("status")?).ok_or_else(|| corrupt("status"))?,
+        errors: u64::try_from(required("errors")?).map_err(|_| corrupt("errors"))?,
+        finalized: kind != EventKind::Started,
+        reason: named(word("reason")?).ok_or_else(|| corrupt("reason"))?,
+        attributes: Attributes {
+            release: text("release"),
+            environment: text("environment"),
+            platform: text("platform"),
+            user_id: text("user_id"),
+        },
+    };
+    Ok(Event {
+        id: EventId { ms, seq, shard },
+        kind,
+        namespace: word("namespace")?.to_owned(),
+        ended_at: number("ended_at")?,
+        session,
+    })
 }
 
 /// What a session id's pointer holds: the namespace and hash of its client.

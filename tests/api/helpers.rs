@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use sessiond::config::Settings;
+use sessiond::config::{Secrets, Settings};
 use sessiond::domain::{ClientKey, IdSource, OsRandom, SessionId};
 use sessiond::startup::{Application, Sources};
 
@@ -81,9 +81,16 @@ pub fn settings(store: Store, toml: &str, redis: Option<&RedisServer>) -> Settin
         Store::Memory => None,
         Store::Redis => Some(redis.expect("a redis-server").url()),
     };
-    let mut settings =
-        Settings::from_file(file, "127.0.0.1:0".into(), redis_url, Some(SECRET.into()))
-            .expect("test configuration is valid");
+    let mut settings = Settings::from_file(
+        file,
+        "127.0.0.1:0".into(),
+        redis_url,
+        Secrets {
+            secret: Some(SECRET.into()),
+            admin_token: None,
+        },
+    )
+    .expect("test configuration is valid");
     settings.workers = Some(2);
     settings
 }
@@ -248,6 +255,29 @@ pub async fn wait_until(ms: i64) {
         .as_millis() as i64;
     if target > now {
         tokio::time::sleep(Duration::from_millis((target - now) as u64)).await;
+    }
+}
+
+/// How long after its expiry the sweeper finalizes a session, as documented in the README:
+/// one `sweep_interval` (the tests configure 100 ms or 250 ms) plus a second of slack.
+pub const SWEEP_BOUND: Duration = Duration::from_millis(1_250);
+
+/// Checks a condition until it holds or `bound` has passed; returns whether it held. For
+/// effects of the background sweeper, which the test can observe but not trigger.
+pub async fn eventually<F, Fut>(bound: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

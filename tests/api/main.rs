@@ -9,6 +9,7 @@ mod bad_input;
 mod behaviour;
 mod concurrency;
 mod contract;
+mod health;
 mod outage;
 mod process;
 mod redis_store;

@@ -1,18 +1,20 @@
-//! What only the Redis store has to prove: every key it writes expires, and raw client keys
-//! never reach Redis.
+//! What only the Redis store has to prove: every key of a client, a session or a day of stats
+//! expires, the per-bucket health keys stay bounded, and raw client keys never reach Redis.
 
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{new_client, spawn_on_redis, wait_past};
+use crate::helpers::{SWEEP_BOUND, eventually, new_client, spawn_on_redis, wait_past};
 use crate::redis_server;
 
 #[tokio::test]
-async fn every_key_expires_and_no_raw_client_key_reaches_redis() {
+async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redis() {
     let redis = redis_server::shared();
     // A prefix of its own, so this test sees only its keys on the shared server.
     let prefix = format!("t{}", &new_client()[..12]);
-    let config = format!("key_prefix = \"{prefix}\"\n[namespaces.web]\nidle_timeout = \"1s\"");
+    let config = format!(
+        "key_prefix = \"{prefix}\"\nsweep_interval = \"100ms\"\n[namespaces.web]\nidle_timeout = \"1s\""
+    );
     let app = spawn_on_redis(&config, redis.clone()).await;
     let (a, b) = (new_client(), new_client());
     let first = app
@@ -38,12 +40,44 @@ async fn every_key_expires_and_no_raw_client_key_reaches_redis() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    // Once the sweeper has passed b's deadline it drops b's entry (b's session was ended, so
+    // finalized already): a due index holds live sessions only, and stays bounded without an
+    // expiry (an emptied one is gone).
+    let due_pattern = format!("{prefix}:*:due");
+    let only_a_due = eventually(SWEEP_BOUND, || {
+        let mut con = con.clone();
+        let due_pattern = due_pattern.clone();
+        async move {
+            let mut due = Vec::new();
+            for key in con.keys::<_, Vec<String>>(due_pattern).await.unwrap() {
+                due.extend(con.zrange::<_, Vec<String>>(key, 0, -1).await.unwrap());
+            }
+            due.len() == 1
+        }
+    })
+    .await;
+    assert!(only_a_due, "only a's live session stays due");
+
     let keys: Vec<String> = con.keys(format!("{prefix}:*")).await.unwrap();
+    let of_kind = |kind: &str| keys.iter().filter(|k| k.contains(kind)).count();
     // a: current session, archive and two id pointers; b: current session and one id pointer.
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert_eq!(
+        (of_kind(":c:"), of_kind(":a:"), of_kind(":id:")),
+        (2, 1, 3),
+        "{keys:?}"
+    );
+    // The buckets of a and b (one or two) each hold a stats day and an event stream; a's
+    // holds the one due index.
+    let buckets = of_kind(":ev");
+    assert!((1..=2).contains(&buckets), "{keys:?}");
+    assert_eq!((of_kind(":s:"), of_kind(":due")), (buckets, 1), "{keys:?}");
+    assert_eq!(keys.len(), 7 + 2 * buckets, "{keys:?}");
     for key in &keys {
         let ttl: i64 = con.pttl(key).await.unwrap();
-        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+        // Event streams keep no expiry (their consumer groups would vanish with them); they
+        // are trimmed to `events_max_len` instead.
+        let bounded_otherwise = key.ends_with(":ev") || key.ends_with(":due");
+        assert!(ttl > 0 || bounded_otherwise, "{key} has no expiry ({ttl})");
         assert!(
             !key.contains(&a) && !key.contains(&b),
             "raw client key in {key}"
@@ -56,6 +90,20 @@ async fn every_key_expires_and_no_raw_client_key_reaches_redis() {
         let value = match kind.as_str() {
             "string" => con.get::<_, String>(key).await.unwrap(),
             "hash" => format!("{:?}", con.hgetall::<_, Vec<String>>(key).await.unwrap()),
+            "zset" => format!(
+                "{:?}",
+                con.zrange::<_, Vec<String>>(key, 0, -1).await.unwrap()
+            ),
+            "stream" => format!(
+                "{:?}",
+                redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async::<redis::Value>(&mut con)
+                    .await
+                    .unwrap()
+            ),
             other => panic!("unexpected key type {other} for {key}"),
         };
         assert!(

@@ -28,6 +28,7 @@ impl Spec {
 
     /// The documented path template a concrete path matches; literal segments win.
     pub fn template_for(&self, path: &str) -> Option<String> {
+        let path = path.split('?').next().unwrap_or(path);
         let segments: Vec<&str> = path.split('/').collect();
         let mut best: Option<(usize, String)> = None;
         for template in self.doc["paths"].as_object()?.keys() {

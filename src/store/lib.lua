@@ -1,0 +1,110 @@
+#!lua
+-- Shared by the decision and sweep scripts, which are appended to it: the store's clock,
+-- deadlines, finalization, lifecycle events and stats. Implements src/domain (decision.rs,
+-- health.rs, stats.rs); keep them in step.
+--
+-- A health context H = {prefix, ns, stats_ret, events_max} names the client's bucket
+-- (`PREFIX:{bucket}:`, whose hash tag every key written here carries), its namespace, how
+-- long stats are kept, and about how many events the bucket's stream keeps.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local HOUR = 3600000
+local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
+
+-- The worse of two statuses; on a tie the second, so ok ended as exited is exited.
+local function worse(a, b)
+  if RANK[b] >= RANK[a] then return b end
+  return a
+end
+
+-- When session x stops being live under policy p = {idle, max, mode}, and why.
+local function deadline(x, p)
+  if x.e then return x.e, 'ended' end
+  local at, why
+  if p.mode == 'inactivity' then
+    at, why = x.t + p.idle, 'idle_timeout'
+  elseif x.bg then
+    at, why = x.bg + p.idle, 'idle_timeout'
+  end
+  if p.max and (not at or x.t0 + p.max < at) then at, why = x.t0 + p.max, 'max_duration' end
+  return at, why
+end
+
+local function over(x, p, at_time)
+  local at, why = deadline(x, p)
+  if at and at_time >= at then return at, why end
+  return nil
+end
+
+-- When x ended: when it was ended, else its deadline if over, else now (replaced live).
+local function ended_at(x, p, at_time)
+  return x.e or over(x, p, at_time) or at_time
+end
+
+local function duration_bucket(ms)
+  if ms < 1 then return 0 end
+  local e, p = 0, 1
+  while p * 2 <= ms do p, e = p * 2, e + 1 end
+  return 1 + 4 * e + math.floor(ms * 4 / p) - 4
+end
+
+-- Adds `by` to a stats counter of x's start hour, or sets a membership field when by is nil.
+local function stat(H, x, kind, by)
+  local hour = math.floor(x.t0 / HOUR)
+  local day = math.floor(hour / 24)
+  local key = H.prefix .. 's:' .. day
+  local field = hour .. '\t' .. H.ns .. '\t' .. (x.a.release or '') .. '\t' ..
+    (x.a.environment or '') .. '\t' .. kind
+  if by then redis.call('HINCRBY', key, field, by) else redis.call('HSET', key, field, 1) end
+  redis.call('PEXPIREAT', key, (day + 1) * 24 * HOUR + H.stats_ret)
+end
+
+local function user_marks(H, x)
+  local user = x.a.user_id
+  if not user then return end
+  stat(H, x, 'u' .. user)
+  if x.st == 'crashed' then stat(H, x, 'x' .. user) end
+end
+
+local function event(H, kind, x, ended)
+  local args = {'XADD', H.prefix .. 'ev', 'MAXLEN', '~', H.events_max, '*',
+    'type', kind, 'namespace', H.ns, 'session_id', x.s, 'index', x.i, 'reason', x.r,
+    'started_at', x.t0, 'last_activity_at', x.t, 'status', x.st, 'errors', x.n or 0}
+  local function add(k, v) if v then args[#args + 1] = k; args[#args + 1] = v end end
+  add('previous_session_id', x.p)
+  add('ended_at', ended)
+  for _, k in ipairs({'release', 'environment', 'platform', 'user_id'}) do add(k, x.a[k]) end
+  redis.call(unpack(args))
+end
+
+-- Finalizes x once: its final status, one `ended` event, the stats that follow.
+local function finalize(H, x, ended, end_status)
+  if x.f then return end
+  x.st = worse(x.st, end_status or 'exited')
+  x.f = true
+  event(H, 'ended', x, ended)
+  stat(H, x, x.st, 1)
+  stat(H, x, 'd' .. duration_bucket(x.t - x.t0), 1)
+  user_marks(H, x)
+end
+
+-- Records an amended final status: one `amended` event, stats moved to the new status.
+local function amend(H, x, before, ended)
+  event(H, 'amended', x, ended)
+  if before ~= x.st then
+    stat(H, x, before, -1)
+    stat(H, x, x.st, 1)
+  end
+  user_marks(H, x)
+end
+
+-- Adds a report's errors and crash to x; returns whether anything changed.
+local function apply_report(x, errors, crashed)
+  local n0, st0 = x.n or 0, x.st
+  local n = n0 + errors
+  if n > 0 then x.n = n end
+  x.st = worse(x.st, crashed and 'crashed' or 'errored')
+  return n ~= n0 or x.st ~= st0
+end
+

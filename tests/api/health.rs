@@ -1,0 +1,508 @@
+//! Session health (CONTRACT section 8), on both stores: reports, exactly-once finalization by
+//! every path (rotation, end, the sweeper), lifecycle events, stats and the admin token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app, spawn_on_redis,
+    wait_past, wait_until,
+};
+use crate::on_both_stores;
+use crate::redis_server;
+
+/// A configuration of its own: short timeouts, a quick sweeper, and a key prefix no other
+/// test shares, so counts on the shared redis-server are this test's alone.
+fn config(extra: &str) -> String {
+    format!(
+        "key_prefix = \"h{}\"\nsweep_interval = \"100ms\"\n{extra}\n[namespaces.app]\nidle_timeout = \"1s\"\n",
+        &new_client()[..12]
+    )
+}
+
+/// Every event the app's log holds, page by page.
+async fn all_events(app: &TestApp) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(cursor) => format!("/v1/events?limit=7&after={cursor}"),
+            None => "/v1/events?limit=7".to_owned(),
+        };
+        let page = app.get(&path).await.expect(200);
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            assert_eq!(page["next"], after.map_or(Value::Null, Value::from));
+            return events;
+        }
+        after = page["next"].as_str().map(str::to_owned);
+        assert_eq!(after.as_deref(), batch.last().unwrap()["id"].as_str());
+        events.extend(batch);
+    }
+}
+
+/// The events of some sessions, as (session, type, status) in log order.
+fn sequence<'a>(events: &'a [Value], sessions: &[&str]) -> Vec<(&'a str, &'a str, &'a str)> {
+    events
+        .iter()
+        .filter(|e| sessions.contains(&e["session_id"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["session_id"].as_str().unwrap(),
+                e["type"].as_str().unwrap(),
+                e["status"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn id(session: &Value) -> &str {
+    session["session_id"].as_str().unwrap()
+}
+
+/// Stats of the app namespace for one release, over the hours around now.
+async fn stats_of(app: &TestApp, release: &str) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let path = format!(
+        "/v1/stats?namespace=app&release={release}&from={}&to={}",
+        fmt(now - time::Duration::hours(1)),
+        fmt(now + time::Duration::hours(1))
+    );
+    app.get(&path).await.expect(200)
+}
+
+/// Waits until the log holds an `ended` event for each of these sessions; returns the log.
+async fn until_ended(app: &TestApp, sessions: &[&str]) -> Vec<Value> {
+    let all_ended = |events: &[Value]| {
+        sessions.iter().all(|s| {
+            events
+                .iter()
+                .any(|e| e["session_id"] == *s && e["type"] == "ended")
+        })
+    };
+    let finalized = eventually(SWEEP_BOUND * 3, || async {
+        all_ended(&all_events(app).await)
+    })
+    .await;
+    let events = all_events(app).await;
+    assert!(finalized, "every session was finalized: {events:?}");
+    events
+}
+
+on_both_stores!(
+    a_scripted_day_gives_exact_stats_and_events,
+    late_user_binding_adds_a_user_and_not_a_session,
+    a_report_for_an_unknown_or_expired_session_is_404_and_changes_nothing,
+    reports_are_batch_operations_too,
+    admin_calls_require_the_admin_token_when_one_is_set,
+);
+
+async fn a_scripted_day_gives_exact_stats_and_events(store: Store) {
+    let app = spawn_app(store, &config("")).await;
+    let release = format!("day-{}", &new_client()[..8]);
+    let call = |client: &str, user: Option<&str>| {
+        let mut attributes = json!({"release": release, "environment": "production"});
+        if let Some(user) = user {
+            attributes["user_id"] = json!(user);
+        }
+        json!({"namespace": "app", "client": client, "attributes": attributes})
+    };
+    let clients: Vec<String> = (0..7).map(|_| new_client()).collect();
+    let c = |n: usize| clients[n - 1].as_str();
+
+    // 1 exits normally.
+    let s1 = app.tick(call(c(1), Some("u1"))).await.expect(200);
+    app.end(json!({"namespace": "app", "client": c(1)}))
+        .await
+        .expect(200);
+    // 2 reports handled errors, then exits: its final status is errored.
+    let s2 = app.tick(call(c(2), None)).await.expect(200);
+    let errored = app
+        .post(
+            "/v1/sessions/report",
+            json!({"namespace": "app", "client": c(2), "errors": 2}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        (errored["status"].as_str(), errored["errors"].as_u64()),
+        (Some("errored"), Some(2))
+    );
+    let ended = app
+        .end(json!({"namespace": "app", "client": c(2)}))
+        .await
+        .expect(200);
+    assert_eq!(ended["status"], "errored", "an exit does not hide errors");
+    // 3 crashes while live, then idles out and never returns.
+    let s3 = app.tick(call(c(3), Some("u3"))).await.expect(200);
+    let crashed = app
+        .post(
+            "/v1/sessions/report",
+            json!({"namespace": "app", "client": c(3), "crashed": true}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(crashed["status"], "crashed");
+    // 4 idles out and never returns.
+    let s4 = app.tick(call(c(4), None)).await.expect(200);
+    // 5 is identified late, then ends abnormally.
+    let s5 = app.tick(call(c(5), None)).await.expect(200);
+    let bound = app.current(call(c(5), Some("u5"))).await.expect(200);
+    assert_eq!(bound["session_id"], s5["session_id"]);
+    app.end(json!({"namespace": "app", "client": c(5), "status": "abnormal"}))
+        .await
+        .expect(200);
+    // 6 exits; its crash report arrives afterwards, naming the session only.
+    let s6 = app.tick(call(c(6), Some("u6"))).await.expect(200);
+    app.end(json!({"namespace": "app", "client": c(6)}))
+        .await
+        .expect(200);
+    let amended = app
+        .post(
+            "/v1/sessions/report",
+            json!({"session_id": id(&s6), "crashed": true}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(amended["status"], "crashed");
+    assert_eq!(amended["session_id"], s6["session_id"]);
+    // 7 comes back after the idle timeout: its first session rotates, the second stays live.
+    let s7 = app.tick(call(c(7), None)).await.expect(200);
+    wait_past(&s7["expires_at"]).await;
+    let s7b = app.tick(call(c(7), None)).await.expect(200);
+    assert_eq!(s7b["index"], 2);
+
+    let sessions = [&s1, &s2, &s3, &s4, &s5, &s6, &s7, &s7b].map(id);
+    let events = until_ended(&app, &[id(&s3), id(&s4), id(&s7)]).await;
+    let mut by_session: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    for (session, kind, status) in sequence(&events, &sessions) {
+        by_session.entry(session).or_default().push((kind, status));
+    }
+    let expect = [
+        (id(&s1), vec![("started", "ok"), ("ended", "exited")]),
+        (id(&s2), vec![("started", "ok"), ("ended", "errored")]),
+        (id(&s3), vec![("started", "ok"), ("ended", "crashed")]),
+        (id(&s4), vec![("started", "ok"), ("ended", "exited")]),
+        (id(&s5), vec![("started", "ok"), ("ended", "abnormal")]),
+        (
+            id(&s6),
+            vec![
+                ("started", "ok"),
+                ("ended", "exited"),
+                ("amended", "crashed"),
+            ],
+        ),
+        (id(&s7), vec![("started", "ok"), ("ended", "exited")]),
+        (id(&s7b), vec![("started", "ok")]),
+    ];
+    for (session, kinds) in expect {
+        assert_eq!(by_session[session], kinds, "events of {session}");
+    }
+    // The log is in order: ids grow, and every event carries what the contract lists.
+    let ours: Vec<&Value> = events
+        .iter()
+        .filter(|e| sessions.contains(&e["session_id"].as_str().unwrap()))
+        .collect();
+    for pair in events.windows(2) {
+        assert!(cursor(&pair[0]) < cursor(&pair[1]), "{pair:?}");
+    }
+    let finals: Vec<&&Value> = ours.iter().filter(|e| e["type"] == "ended").collect();
+    for event in &finals {
+        assert!(millis(&event["ended_at"]) >= millis(&event["started_at"]));
+        assert_eq!(event["release"], release.as_str());
+        assert!(event["duration_ms"].as_i64().unwrap() >= 0);
+    }
+    let s5_end = finals
+        .iter()
+        .find(|e| e["session_id"] == s5["session_id"])
+        .unwrap();
+    assert_eq!(s5_end["user_id"], "u5", "a late user is in the final event");
+    let s2_end = finals
+        .iter()
+        .find(|e| e["session_id"] == s2["session_id"])
+        .unwrap();
+    assert_eq!(s2_end["errors"], 2);
+    let s4_end = finals
+        .iter()
+        .find(|e| e["session_id"] == s4["session_id"])
+        .unwrap();
+    assert_eq!(
+        s4_end["ended_at"], s4["expires_at"],
+        "idled out at its deadline"
+    );
+    assert_eq!(s4_end["duration_ms"], 0);
+
+    let stats = stats_of(&app, &release).await;
+    assert_eq!(stats["sessions"], 8);
+    assert_eq!(stats["active"], 1);
+    assert_eq!(stats["exited"], 3);
+    assert_eq!(stats["errored"], 1);
+    assert_eq!(stats["crashed"], 2);
+    assert_eq!(stats["abnormal"], 1);
+    assert_eq!(stats["crash_free_sessions"], 0.75);
+    assert_eq!(stats["users"], 4);
+    assert_eq!(stats["crash_free_users"], 0.5);
+    assert!(stats["duration_ms"]["p50"].is_i64());
+    // Another release sees none of it.
+    assert_eq!(stats_of(&app, "other").await["sessions"], 0);
+}
+
+fn cursor(event: &Value) -> (u64, u64, u64) {
+    let parts: Vec<u64> = event["id"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    (parts[0], parts[1], parts[2])
+}
+
+async fn late_user_binding_adds_a_user_and_not_a_session(store: Store) {
+    let app = spawn_app(store, &config("")).await;
+    let release = format!("late-{}", &new_client()[..8]);
+    let client = new_client();
+    let body = |user: Option<&str>| {
+        let mut b =
+            json!({"namespace": "app", "client": client, "attributes": {"release": release}});
+        if let Some(user) = user {
+            b["attributes"]["user_id"] = json!(user);
+        }
+        b
+    };
+    let first = app.tick(body(None)).await.expect(200);
+    let before = stats_of(&app, &release).await;
+    assert_eq!(
+        (before["sessions"].as_i64(), before["users"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let bound = app.tick(body(Some("late-user"))).await.expect(200);
+    assert_eq!(bound["session_id"], first["session_id"]);
+    let again = app.current(body(Some("late-user"))).await.expect(200);
+    assert_eq!(again["session_id"], first["session_id"]);
+    let after = stats_of(&app, &release).await;
+    assert_eq!(after["sessions"], 1, "the session is not counted again");
+    assert_eq!(after["users"], 1, "the user is counted once");
+    assert_eq!(after["crash_free_users"], 1.0);
+    let started: Vec<Value> = all_events(&app)
+        .await
+        .into_iter()
+        .filter(|e| e["session_id"] == first["session_id"])
+        .collect();
+    assert_eq!(
+        started.len(),
+        1,
+        "binding a user writes no event: {started:?}"
+    );
+}
+
+async fn a_report_for_an_unknown_or_expired_session_is_404_and_changes_nothing(store: Store) {
+    let app = spawn_app(store, &config("session_retention = \"1s\"")).await;
+    let client = new_client();
+    let release = format!("gone-{}", &new_client()[..8]);
+    let body = json!({"namespace": "app", "client": client, "attributes": {"release": release}});
+    let first = app.tick(body).await.expect(200);
+    let ended = app
+        .end(json!({"namespace": "app", "client": client}))
+        .await
+        .expect(200);
+    // Past the session's retention (ended + 1s), it is gone for reports as for lookups.
+    wait_until(millis(&ended["ended_at"]) + 1_000).await;
+    let events_before = all_events(&app).await;
+    let stats_before = stats_of(&app, &release).await;
+    let cases = [
+        (
+            json!({"session_id": id(&first), "crashed": true}),
+            "session-not-found",
+        ),
+        (
+            json!({"namespace": "app", "client": client, "session_id": id(&first), "errors": 1}),
+            "session-not-found",
+        ),
+        (
+            json!({"session_id": "00000000000000000000", "errors": 1}),
+            "session-not-found",
+        ),
+        (
+            json!({"namespace": "app", "client": new_client(), "errors": 1}),
+            "no-live-session",
+        ),
+    ];
+    for (report, problem) in cases {
+        let answer = app.post("/v1/sessions/report", report.clone()).await;
+        assert_eq!(
+            answer.problem(404)["type"],
+            format!("urn:sessiond:problem:{problem}"),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        all_events(&app).await,
+        events_before,
+        "no event was written"
+    );
+    assert_eq!(
+        stats_of(&app, &release).await,
+        stats_before,
+        "no stat moved"
+    );
+    // Bad reports are 400 and name their field.
+    for (report, field) in [
+        (json!({"namespace": "app", "client": client}), "errors"),
+        (json!({"namespace": "app", "errors": 1}), "client"),
+        (
+            json!({"namespace": "app", "client": client, "errors": -1}),
+            "errors",
+        ),
+        (
+            json!({"namespace": "app", "client": client, "crashed": true, "attributes": {}}),
+            "attributes",
+        ),
+    ] {
+        assert_eq!(
+            app.post("/v1/sessions/report", report).await.problem(400)["field"],
+            field
+        );
+    }
+    assert_eq!(
+        app.tick(json!({"namespace": "app", "client": client, "errors": 1}))
+            .await
+            .problem(400)["field"],
+        "errors"
+    );
+}
+
+async fn reports_are_batch_operations_too(store: Store) {
+    let app = spawn_app(store, &config("")).await;
+    let client = new_client();
+    let first = app
+        .tick(json!({"namespace": "app", "client": client}))
+        .await
+        .expect(200);
+    let answer = app
+        .batch(json!([
+            {"op": "report", "namespace": "app", "client": client, "errors": 3},
+            {"op": "report", "session_id": id(&first), "crashed": true},
+            {"op": "report", "session_id": "00000000000000000000", "errors": 1},
+        ]))
+        .await
+        .expect(200);
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "errored");
+    assert_eq!(results[1]["status"], "crashed");
+    assert_eq!(results[1]["errors"], 3);
+    assert_eq!(results[2]["status"], 404);
+}
+
+async fn admin_calls_require_the_admin_token_when_one_is_set(store: Store) {
+    let token = "admin-token-0123456789";
+    let app = spawn_app(store, &config(&format!("admin_token = \"{token}\""))).await;
+    let session = app
+        .tick(json!({"namespace": "app", "client": new_client()}))
+        .await
+        .expect(200);
+    for path in [
+        format!("/v1/sessions/{}", id(&session)),
+        "/v1/events".to_owned(),
+        "/v1/stats?namespace=app".to_owned(),
+    ] {
+        let refused = app.get(&path).await;
+        assert_eq!(
+            refused.problem(401)["type"],
+            "urn:sessiond:problem:unauthorized"
+        );
+        assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+        let wrong = app
+            .request(
+                reqwest::Method::GET,
+                &path,
+                &[("authorization", "Bearer wrong")],
+                None,
+            )
+            .await;
+        wrong.problem(401);
+        let bearer = format!("Bearer {token}");
+        let allowed = app
+            .request(
+                reqwest::Method::GET,
+                &path,
+                &[("authorization", &bearer)],
+                None,
+            )
+            .await;
+        allowed.expect(200);
+        assert!(!allowed.text.contains(token));
+    }
+}
+
+/// Two instances sweeping one Redis: every session that idles out is finalized exactly once,
+/// within the documented bound after its expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_sweeping_one_redis_finalize_each_session_exactly_once() {
+    let redis = redis_server::shared();
+    let config = config("");
+    let apps = [
+        Arc::new(spawn_on_redis(&config, redis.clone()).await),
+        Arc::new(spawn_on_redis(&config, redis.clone()).await),
+    ];
+    let n = 60;
+    let mut sessions = Vec::new();
+    for i in 0..n {
+        let answer = apps[i % 2]
+            .tick(json!({"namespace": "app", "client": new_client()}))
+            .await
+            .expect(200);
+        sessions.push(answer);
+    }
+    let ids: Vec<&str> = sessions.iter().map(id).collect();
+    wait_past(&sessions.last().unwrap()["expires_at"]).await;
+    let events = until_ended(&apps[0], &ids).await;
+    let ended: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "ended" && ids.contains(&e["session_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ended.len(),
+        n,
+        "exactly one ended event per session, none twice"
+    );
+    let mut worst = 0;
+    for (event, session) in ended.iter().map(|e| {
+        (
+            e,
+            sessions
+                .iter()
+                .find(|s| s["session_id"] == e["session_id"])
+                .unwrap(),
+        )
+    }) {
+        assert_eq!(event["ended_at"], session["expires_at"]);
+        let lag = millis(&event["recorded_at"]) - millis(&event["ended_at"]);
+        assert!(lag >= 0, "finalized after it expired: {event}");
+        worst = worst.max(lag);
+    }
+    assert!(
+        worst <= SWEEP_BOUND.as_millis() as i64,
+        "every session finalized within {SWEEP_BOUND:?} of its expiry; worst {worst} ms"
+    );
+    // Both instances read the same log.
+    assert_eq!(all_events(&apps[1]).await.len(), events.len());
+    // The sweepers shared the work or not, but together finalized each session once.
+    let mut swept = 0;
+    for app in &apps {
+        let metrics = app.get("/metrics").await.text;
+        swept += metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sessiond_swept_sessions_total "))
+            .map_or(0, |v| v.parse::<usize>().unwrap());
+    }
+    assert_eq!(
+        swept, n,
+        "the instances' sweeper counts add up to the sessions"
+    );
+}
