@@ -140,6 +140,22 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event not yet placed in the log (its id is given when it is appended).
+    pub fn new(
+        kind: EventKind,
+        namespace: &str,
+        session: &SessionState,
+        ended_at: Option<i64>,
+    ) -> Self {
+        Self {
+            id: EventId::default(),
+            kind,
+            namespace: namespace.to_owned(),
+            session: session.clone(),
+            ended_at,
+        }
+    }
+
     /// Last activity minus start, for a session that ended.
     pub fn duration_ms(&self) -> Option<i64> {
         self.ended_at

@@ -16,7 +16,7 @@ use crate::domain::decision::{
 use crate::domain::stats::{self, StatChange, StatsQuery, StatsSummary};
 use crate::domain::{
     ClientHash, Clock, Decision, Event, EventId, EventKind, IdSource, Namespace, Op, Policy,
-    ReportEffect, SessionId, SessionState, decide,
+    ReportEffect, SessionId, SessionState, Status, decide,
 };
 
 /// A client's place in the keyspace, as the Redis store's `{namespace:hash}` tag.
@@ -75,15 +75,9 @@ struct EventLog {
 }
 
 impl EventLog {
-    fn push(
-        &mut self,
-        kind: EventKind,
-        namespace: &str,
-        session: &SessionState,
-        ended_at: Option<i64>,
-        now: i64,
-    ) {
-        // Ids grow even if the clock steps back, so a cursor never skips an event.
+    /// Appends an event with the next id at `now`. Ids grow even if the clock steps back,
+    /// so a cursor never skips an event.
+    fn push(&mut self, mut event: Event, now: i64) {
         let ms = u64::try_from(now).unwrap_or(0);
         self.last = if ms > self.last.ms {
             EventId {
@@ -97,16 +91,11 @@ impl EventLog {
                 ..self.last
             }
         };
+        event.id = self.last;
         if self.events.len() >= self.capacity {
             self.events.pop_front();
         }
-        self.events.push_back(Event {
-            id: self.last,
-            kind,
-            namespace: namespace.to_owned(),
-            session: session.clone(),
-            ended_at,
-        });
+        self.events.push_back(event);
     }
 
     fn after(&self, after: Option<EventId>, limit: usize) -> Vec<Event> {
@@ -285,22 +274,26 @@ impl Keyspace {
         }
     }
 
-    /// A lifecycle event and the stats that follow it.
-    fn record(
-        &mut self,
-        kind: EventKind,
-        namespace: &str,
-        session: &SessionState,
-        ended_at: Option<i64>,
-        now: i64,
-    ) {
-        self.events.push(kind, namespace, session, ended_at, now);
-        let changes = match kind {
-            EventKind::Started => stats::on_started(namespace, session),
-            EventKind::Ended => stats::on_finalized(namespace, session),
-            EventKind::Amended => return,
-        };
-        self.count(changes);
+    /// A session started: its event, and the stats that count it.
+    fn started(&mut self, ns: &str, session: &SessionState, now: i64) {
+        self.events
+            .push(Event::new(EventKind::Started, ns, session, None), now);
+        self.count(stats::on_started(ns, session));
+    }
+
+    /// A session was finalized (once): its `ended` event, and the stats of its final status.
+    fn ended(&mut self, ns: &str, session: &SessionState, ended_at: i64, now: i64) {
+        let event = Event::new(EventKind::Ended, ns, session, Some(ended_at));
+        self.events.push(event, now);
+        self.count(stats::on_finalized(ns, session));
+    }
+
+    /// A finalized session's status was amended from `before`: its event, and the stats
+    /// moved to the new status.
+    fn amended(&mut self, ns: &str, before: Status, session: &SessionState, now: i64) {
+        let event = Event::new(EventKind::Amended, ns, session, session.ended_at);
+        self.events.push(event, now);
+        self.count(stats::on_amended(ns, before, session));
     }
 
     /// Drops the stats of days past retention.
@@ -379,7 +372,7 @@ impl MemoryStore {
                 let changed = report.apply(s);
                 let s = s.clone();
                 if changed {
-                    amend(ks, ns, before, &s, s.ended_at, now);
+                    ks.amended(ns, before, &s, now);
                 }
                 answer(s, false)
             }
@@ -395,7 +388,7 @@ impl MemoryStore {
             }
             (Decision::End(status), Some(mut s)) => {
                 end(&mut s, status, now);
-                ks.record(EventKind::Ended, ns, &s, Some(now), now);
+                ks.ended(ns, &s, now, now);
                 ks.save_current(&tag, s.clone(), keep_until(&s));
                 answer(s, false)
             }
@@ -412,12 +405,13 @@ impl MemoryStore {
                     ReportEffect::Live => ks.count(stats::user_marks(ns, &s)),
                     ReportEffect::Finalize => {
                         finalize(&mut s);
-                        let ended = ended_at(&s, policy, now);
-                        ks.record(EventKind::Ended, ns, &s, Some(ended), now);
+                        ks.ended(ns, &s, ended_at(&s, policy, now), now);
                     }
                     ReportEffect::Amend if changed => {
-                        let ended = ended_at(&s, policy, now);
-                        amend(ks, ns, before, &s, Some(ended), now);
+                        // The current record keeps no ended_at when it idled out; the event
+                        // says when it ended, as the archived record would.
+                        let shown = finalized(&s, policy, now);
+                        ks.amended(ns, before, &shown, now);
                     }
                     ReportEffect::Amend => {}
                 }
@@ -434,13 +428,13 @@ impl MemoryStore {
                 };
                 if let Some(prev) = &previous {
                     let done = finalized(prev, policy, now);
-                    if !prev.finalized {
-                        ks.record(EventKind::Ended, ns, &done, done.ended_at, now);
+                    if let (false, Some(ended)) = (prev.finalized, done.ended_at) {
+                        ks.ended(ns, &done, ended, now);
                     }
                     ks.archive(&tag, done, now, session_ms);
                 }
                 let s = started(id, previous.as_ref(), reason, cmd.attributes.clone(), now);
-                ks.record(EventKind::Started, ns, &s, None, now);
+                ks.started(ns, &s, now);
                 if let Some((at, _)) = deadline(&s, policy) {
                     ks.due.set(&tag, at);
                 }
@@ -454,20 +448,6 @@ impl MemoryStore {
             ) => Outcome::NoLiveSession,
         }
     }
-}
-
-/// An amended final status: its event, and the stats moved from the old status to the new.
-fn amend(
-    ks: &mut Keyspace,
-    ns: &str,
-    before: crate::domain::Status,
-    session: &SessionState,
-    ended_at: Option<i64>,
-    now: i64,
-) {
-    ks.events
-        .push(EventKind::Amended, ns, session, ended_at, now);
-    ks.count(stats::on_amended(ns, before, session));
 }
 
 #[async_trait]
@@ -526,8 +506,7 @@ impl SessionStore for MemoryStore {
                 (Sweep::Recheck(at), _) => ks.due.set(&tag, at),
                 (Sweep::Finalize, Some((mut s, expires_at))) => {
                     finalize(&mut s);
-                    let ended = ended_at(&s, &policy, now);
-                    ks.record(EventKind::Ended, tag.0.as_str(), &s, Some(ended), now);
+                    ks.ended(tag.0.as_str(), &s, ended_at(&s, &policy, now), now);
                     ks.save_current(&tag, s, expires_at);
                     finalized_now += 1;
                 }
