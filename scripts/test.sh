@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Installs what the tests need when it is missing (redis-server), then runs every check:
-# formatting, clippy with warnings as errors, and all tests (unit and integration, both
-# stores, against a redis-server the harness starts itself).
+# Installs what the tests need when it is missing (redis-server, and redis-cli to form a
+# cluster), then runs every check: formatting, clippy with warnings as errors, and all tests
+# (unit and integration, every store, against a redis-server and a Redis Cluster the harness
+# starts itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update
-  $sudo apt-get install -y redis-server
+  $sudo apt-get install -y redis-server redis-tools
 fi
 
 cargo fmt --all -- --check

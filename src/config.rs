@@ -23,9 +23,14 @@ pub struct Cli {
     /// TOML configuration file (service-wide keys and [namespaces.NAME] tables).
     #[arg(long, env = "SESSIOND_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Redis URL (redis://, rediss:// or redis+unix://); without it sessions live in memory.
-    #[arg(long, env = "SESSIOND_REDIS_URL")]
+    /// Redis URL (redis://, rediss:// or redis+unix://); without it (or a cluster) sessions
+    /// live in memory.
+    #[arg(long, env = "SESSIOND_REDIS_URL", conflicts_with = "redis_cluster")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated (redis://host:port,...); the rest of the
+    /// cluster is discovered.
+    #[arg(long, env = "SESSIOND_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Option<Vec<String>>,
     /// Secret keying the client hash; overrides the file's `secret`.
     #[arg(long, env = "SESSIOND_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -72,12 +77,29 @@ impl Default for NamespaceSettings {
     }
 }
 
+/// Where the sessions are kept. URLs may carry a password, so they are kept out of logs
+/// like the secret.
+#[derive(Debug, Clone)]
+pub enum RedisSettings {
+    /// One Redis server.
+    Single(SecretString),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<SecretString>),
+}
+
+/// Which Redis the command line names, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisChoice {
+    Url(String),
+    Cluster(Vec<String>),
+}
+
 /// Everything the service needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: String,
-    /// May carry a password, so it is kept out of logs like the secret.
-    pub redis_url: Option<SecretString>,
+    /// Which Redis holds the sessions; none: the in-memory store.
+    pub redis: Option<RedisSettings>,
     pub key_prefix: String,
     pub store_timeout: Duration,
     pub retention: Retention,
@@ -198,7 +220,11 @@ impl Settings {
         Self::from_file(
             file,
             cli.listen.clone(),
-            cli.redis_url.clone(),
+            match (&cli.redis_url, &cli.redis_cluster) {
+                (Some(url), _) => Some(RedisChoice::Url(url.clone())),
+                (None, Some(nodes)) => Some(RedisChoice::Cluster(nodes.clone())),
+                (None, None) => None,
+            },
             Secrets {
                 secret: cli.secret.clone(),
                 admin_token: cli.admin_token.clone(),
@@ -224,7 +250,7 @@ impl Settings {
     pub fn from_file(
         file: FileConfig,
         listen: String,
-        redis_url: Option<String>,
+        redis: Option<RedisChoice>,
         secrets: Secrets,
     ) -> Result<Self, ConfigError> {
         let store_timeout = file
@@ -277,7 +303,26 @@ impl Settings {
         if secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(invalid("secret", "must be at least 16 characters"));
         }
-        if redis_url.is_some() && secret.is_none() {
+        let redis = match redis {
+            None => None,
+            Some(RedisChoice::Url(url)) => Some(RedisSettings::Single(url.into())),
+            Some(RedisChoice::Cluster(nodes)) => {
+                let nodes: Vec<SecretString> = nodes
+                    .iter()
+                    .map(|n| n.trim())
+                    .filter(|n| !n.is_empty())
+                    .map(SecretString::from)
+                    .collect();
+                if nodes.is_empty() {
+                    return Err(invalid(
+                        "redis_cluster",
+                        "names at least one node, like redis://10.0.0.1:6379",
+                    ));
+                }
+                Some(RedisSettings::Cluster(nodes))
+            }
+        };
+        if redis.is_some() && secret.is_none() {
             // Without a stable secret every restart would orphan every client's sessions.
             return Err(invalid(
                 "secret",
@@ -300,7 +345,7 @@ impl Settings {
         }
         Ok(Self {
             listen,
-            redis_url: redis_url.map(SecretString::from),
+            redis,
             key_prefix,
             store_timeout,
             retention,
@@ -484,11 +529,38 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_names_its_nodes_and_needs_a_secret() {
+        let cluster = |nodes: &[&str], secret: Option<&str>| {
+            Settings::from_file(
+                FileConfig::default(),
+                "x".into(),
+                Some(RedisChoice::Cluster(
+                    nodes.iter().map(|n| n.to_string()).collect(),
+                )),
+                Secrets {
+                    secret: secret.map(str::to_owned),
+                    admin_token: None,
+                },
+            )
+        };
+        let ok = cluster(
+            &["redis://a:6379", " redis://b:6379 "],
+            Some("0123456789abcdef"),
+        )
+        .unwrap();
+        assert!(matches!(ok.redis, Some(RedisSettings::Cluster(ref n)) if n.len() == 2));
+        let err = cluster(&["", " "], Some("0123456789abcdef")).unwrap_err();
+        assert!(err.to_string().contains("`redis_cluster`"), "{err}");
+        let err = cluster(&["redis://a:6379"], None).unwrap_err();
+        assert!(err.to_string().contains("`secret`"), "{err}");
+    }
+
+    #[test]
     fn a_redis_store_requires_a_secret() {
         let err = Settings::from_file(
             FileConfig::default(),
             "x".into(),
-            Some("redis://h".into()),
+            Some(RedisChoice::Url("redis://h".into())),
             Secrets::default(),
         )
         .unwrap_err();

@@ -10,9 +10,10 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Settings;
+use crate::config::{RedisSettings, Settings};
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::{self, AppState};
+use crate::store::redis::Target;
 use crate::store::{MemoryStore, Policies, RedisStore, SessionStore};
 use crate::telemetry::Metrics;
 
@@ -56,18 +57,25 @@ impl Application {
 
     pub async fn build_with(settings: Settings, sources: Sources) -> Result<Self, StartError> {
         let Sources { ids, clock } = sources;
-        let store: Arc<dyn SessionStore> = match &settings.redis_url {
-            Some(url) => {
+        let store: Arc<dyn SessionStore> = match &settings.redis {
+            Some(redis) => {
+                let nodes: Vec<String>;
+                let (target, kind) = match redis {
+                    RedisSettings::Single(url) => (Target::Single(url.expose_secret()), "Redis"),
+                    RedisSettings::Cluster(urls) => {
+                        nodes = urls.iter().map(|u| u.expose_secret().to_owned()).collect();
+                        (Target::Cluster(&nodes), "Redis Cluster")
+                    }
+                };
                 let store = RedisStore::connect(
-                    url.expose_secret(),
+                    target,
                     &settings.key_prefix,
                     settings.store_timeout,
                     ids.clone(),
                     settings.retention,
                 )
                 .map_err(|e| StartError::Redis(e.to_string()))?;
-
-                tracing::info!(prefix = %settings.key_prefix, "sessions are kept in Redis");
+                tracing::info!(prefix = %settings.key_prefix, "sessions are kept in {kind}");
                 Arc::new(store)
             }
             None => {

@@ -1,5 +1,7 @@
-//! Session stores: one trait, implemented in memory (embedded) and on Redis (production).
+//! Session stores: one trait, implemented in memory (embedded) and on Redis or Redis Cluster
+//! (production).
 
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 

@@ -1,4 +1,5 @@
-//! The Redis store: every decision is one server-side script on the Redis server's clock.
+//! The Redis store, on one server or a Redis Cluster: every decision is one server-side
+//! script on the Redis server's clock, touching keys of one hash slot only.
 //!
 //! Keys (a client's keys share the `{bucket}` hash tag of its bucket, so they live in one slot):
 //! - `PREFIX:{bucket}:c:NS:HASH`  the client's current session, JSON, expiring with client
@@ -21,12 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError, RedisResult, RetryMethod, Script, Value};
+use futures_util::future::{join_all, try_join_all};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Script, Value,
+};
 
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 
+use super::cluster::ClusterRouter;
 use super::{Command, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept};
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
@@ -39,8 +44,56 @@ use crate::domain::{
 /// extended only when a session's retention passes it, so busy sessions extend it rarely.
 const POINTER_SLACK_MS: i64 = 3_600_000;
 
+/// Where the store's Redis is.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// One server (`redis://`, `rediss://`, `redis+unix://`).
+    Single(&'a str),
+    /// The seed nodes of a Redis Cluster; the rest of the topology is discovered.
+    Cluster(&'a [String]),
+}
+
+/// The connection to Redis: one server through a reconnecting manager, or a cluster through
+/// the router (`cluster.rs`), which follows MOVED and ASK and picks up topology changes
+/// itself. Both multiplex concurrent calls on their connections, so calls sent together
+/// travel together; that is how calls for many buckets go in one round trip on a cluster
+/// too, where a pipeline may hold one slot's keys only.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterRouter),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: String,
     timeout: Duration,
     ids: Arc<dyn IdSource>,
@@ -48,6 +101,7 @@ pub struct RedisStore {
     session_script: Script,
     sweep_script: Script,
     find_script: Script,
+    events_script: Script,
 }
 
 /// How many due clients one sweep looks at per bucket.
@@ -66,25 +120,30 @@ enum Reply {
 }
 
 impl RedisStore {
-    /// Prepares the store; the connection is made on first use and remade after failures,
-    /// so sessiond starts and recovers without Redis being there at that moment.
+    /// Prepares the store; the connection is made in the background and remade after
+    /// failures, so sessiond starts and recovers without Redis being there at that moment.
     pub fn connect(
-        url: &str,
+        target: Target<'_>,
         prefix: &str,
         timeout: Duration,
         ids: Arc<dyn IdSource>,
         retention: Retention,
     ) -> RedisResult<Self> {
-        let client = redis::Client::open(url)?;
         // Bounded connection and response times, and a short reconnect backoff, so a call
-        // during an outage fails within the store timeout and recovery is quick.
+        // during an outage or a failover fails within the store timeout and recovery is quick.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200))
             .set_number_of_retries(2);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url)?;
+                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            Target::Cluster(urls) => Connection::Cluster(ClusterRouter::new(urls, config)?),
+        };
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
@@ -97,6 +156,7 @@ impl RedisStore {
             )),
             sweep_script: Script::new(concat!(include_str!("lib.lua"), include_str!("sweep.lua"))),
             find_script: Script::new(include_str!("find.lua")),
+            events_script: Script::new(include_str!("events.lua")),
         })
     }
 
@@ -172,22 +232,17 @@ impl RedisStore {
         call
     }
 
-    /// Runs one pipeline of the same call for every bucket, loading `script` first if given
-    /// (pipelines do not reload scripts on NOSCRIPT).
-    async fn per_bucket<T: redis::FromRedisValue>(
+    /// Makes one call per bucket, all at once (on a cluster, each to its bucket's node),
+    /// within one store timeout; every call must succeed.
+    async fn per_bucket<T, F>(
         &self,
-        script: Option<&Script>,
-        call: impl Fn(&mut redis::Pipeline, u32),
-    ) -> Result<Vec<T>, StoreError> {
-        let mut pipe = redis::pipe();
-        if let Some(script) = script {
-            pipe.load_script(script).ignore();
-        }
-        for bucket in 0..BUCKETS {
-            call(&mut pipe, bucket);
-        }
-        let mut con = self.connection.clone();
-        self.bounded(pipe.query_async(&mut con)).await
+        call: impl Fn(u32, Connection) -> F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        let calls = (0..BUCKETS).map(|bucket| call(bucket, self.connection.clone()));
+        self.bounded(try_join_all(calls)).await
     }
 
     /// Reserves a fresh session id for a client: its pointer, set only if no retained
@@ -302,43 +357,28 @@ impl SessionStore for RedisStore {
         }
     }
 
-    /// All calls go in one pipelined round trip. A call that must start a session needs
-    /// more (an id reservation, then the decision again); the calls after it for the same
-    /// client saw the state before that start, and changed nothing (every decision on a
-    /// missing or expired session either starts one or only reads), so they are decided
-    /// again, in order, after it. Different clients proceed concurrently.
+    /// All calls are sent at once, so they travel in one round trip (on a cluster, one per
+    /// node). A call that must start a session needs more (an id reservation, then the
+    /// decision again); the calls after it for the same client saw the state before that
+    /// start, and changed nothing (every decision on a missing or expired session either
+    /// starts one or only reads), so they are decided again, in order, after it. Different
+    /// clients proceed concurrently.
     async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
-        let mut pipe = redis::pipe();
-        // Pipelines do not reload scripts on NOSCRIPT; loading first makes them present.
-        pipe.load_script(&self.session_script).ignore();
-        for cmd in commands {
-            pipe.invoke_script(&self.invocation(cmd, None));
-        }
-        let mut con = self.connection.clone();
-        let replies: Vec<RedisResult<Value>> = match self
-            .bounded(pipe.ignore_errors().query_async(&mut con))
-            .await
-        {
-            Ok(replies) => replies,
-            Err(e) => return commands.iter().map(|_| Err(e.clone())).collect(),
-        };
+        let replies = join_all(commands.iter().map(|cmd| self.run(cmd, None))).await;
         let mut replies = replies.into_iter();
         let mut finished = Vec::new();
         // Per client, the calls decided again in order, the first of which starts a session.
         let mut chains: Vec<(&Command, Vec<usize>)> = Vec::new();
         for (i, cmd) in commands.iter().enumerate() {
-            let reply = replies.next().unwrap_or_else(|| {
-                Err(RedisError::from((
-                    redis::ErrorKind::Parse,
-                    "missing pipeline reply",
-                )))
-            });
+            let reply = replies
+                .next()
+                .unwrap_or_else(|| Err(StoreError::Failed("a batch call went unanswered".into())));
             let same_client = |c: &Command| c.namespace == cmd.namespace && c.client == cmd.client;
             if let Some((_, chain)) = chains.iter_mut().find(|(first, _)| same_client(first)) {
                 chain.push(i);
                 continue;
             }
-            match reply.map_err(classify).and_then(parse_reply) {
+            match reply {
                 Ok(Reply::NeedId) => chains.push((cmd, vec![i])),
                 Ok(reply) => finished.push((i, self.finish(reply, None).await)),
                 Err(e) => finished.push((i, Err(e))),
@@ -408,47 +448,58 @@ impl SessionStore for RedisStore {
             .ok_or_else(|| StoreError::Corrupt(format!("pointer of {id} holds {tag:?}")))
     }
 
-    /// Every bucket is swept by one script call, all in one pipelined round trip.
+    /// Every bucket is swept by one script call, all sent at once. A bucket that cannot be
+    /// swept now (its node is failing over) does not hold up the others.
     async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError> {
-        let replies: Vec<(usize, usize)> = self
-            .per_bucket(Some(&self.sweep_script), |pipe, bucket| {
-                let mut call = self
-                    .sweep_script
-                    .key(format!("{}due", bucket_prefix(&self.prefix, bucket)));
-                call.arg(bucket_prefix(&self.prefix, bucket))
-                    .arg(SWEEP_LIMIT)
-                    .arg(self.retention.stats_ms())
-                    .arg(self.events_per_bucket());
-                let others = std::iter::once(("", Policy::default()));
-                for (name, policy) in others.chain(policies.iter().map(|(n, p)| (n.as_str(), *p))) {
-                    call.arg(name)
-                        .arg(policy.idle_timeout_ms)
-                        .arg(max_duration_arg(&policy))
-                        .arg(mode_name(&policy));
+        let sweeps = (0..BUCKETS).map(|bucket| {
+            let prefix = bucket_prefix(&self.prefix, bucket);
+            let mut call = self.sweep_script.key(format!("{prefix}due"));
+            call.arg(&prefix)
+                .arg(SWEEP_LIMIT)
+                .arg(self.retention.stats_ms())
+                .arg(self.events_per_bucket());
+            let others = std::iter::once(("", Policy::default()));
+            for (name, policy) in others.chain(policies.iter().map(|(n, p)| (n.as_str(), *p))) {
+                call.arg(name)
+                    .arg(policy.idle_timeout_ms)
+                    .arg(max_duration_arg(&policy))
+                    .arg(mode_name(&policy));
+            }
+            let mut con = self.connection.clone();
+            async move {
+                self.bounded(call.invoke_async::<(usize, usize)>(&mut con))
+                    .await
+            }
+        });
+        let mut swept = Swept::default();
+        let mut failed = None;
+        for result in join_all(sweeps).await {
+            match result {
+                Ok((finalized, looked_at)) => {
+                    swept.finalized += finalized;
+                    swept.more |= looked_at >= SWEEP_LIMIT;
                 }
-                pipe.invoke_script(&call);
-            })
-            .await?;
-        Ok(Swept {
-            finalized: replies.iter().map(|(finalized, _)| finalized).sum(),
-            more: replies
-                .iter()
-                .any(|(_, looked_at)| *looked_at >= SWEEP_LIMIT),
-        })
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) if swept.finalized == 0 && !swept.more => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "some buckets could not be swept; the next sweep tries again");
+                Ok(swept)
+            }
+            None => Ok(swept),
+        }
     }
 
     /// Merges the buckets' streams: each gives its first `limit` events after the cursor,
-    /// and the oldest `limit` of all of them are the answer. Only events older than the
-    /// store's clock at the start of the read are given: one added later may still take the
-    /// current millisecond in another stream, and must not land behind a cursor given out.
+    /// and the oldest `limit` of all of them are the answer. Only events older than every
+    /// node's clock at the read are given: an event added later takes at least its node's
+    /// current millisecond, and must not land behind a cursor already given out.
     async fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let mut con = self.connection.clone();
-        let (seconds, micros): (u64, u64) = self
-            .bounded(redis::cmd("TIME").query_async(&mut con))
-            .await?;
-        let settled = seconds * 1000 + micros / 1000;
-        let pages: Vec<Vec<(String, Vec<String>)>> = self
-            .per_bucket(None, |pipe, bucket| {
+        type Page = (u64, Vec<(String, Vec<String>)>);
+        let pages: Vec<Page> = self
+            .per_bucket(|bucket, mut con| {
                 let start = match after {
                     None => "-".to_owned(),
                     // Ties in time and sequence go by bucket: later buckets include the
@@ -456,16 +507,16 @@ impl SessionStore for RedisStore {
                     Some(a) if bucket > u32::from(a.shard) => format!("{}-{}", a.ms, a.seq),
                     Some(a) => format!("({}-{}", a.ms, a.seq),
                 };
-                pipe.cmd("XRANGE")
-                    .arg(format!("{}ev", bucket_prefix(&self.prefix, bucket)))
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit);
+                let mut call = self
+                    .events_script
+                    .key(format!("{}ev", bucket_prefix(&self.prefix, bucket)));
+                call.arg(start).arg(limit);
+                async move { call.invoke_async(&mut con).await }
             })
             .await?;
+        let settled = pages.iter().map(|(now, _)| *now).min().unwrap_or(0);
         let mut events = Vec::new();
-        for (bucket, page) in pages.into_iter().enumerate() {
+        for (bucket, (_, page)) in pages.into_iter().enumerate() {
             for (id, fields) in page {
                 let event = parse_event(bucket as u16, &id, fields)?;
                 if event.id.ms < settled {
@@ -480,10 +531,17 @@ impl SessionStore for RedisStore {
 
     async fn stats(&self, query: &StatsQuery) -> Result<StatsSummary, StoreError> {
         let days: Vec<i64> = query.days().collect();
-        let hashes: Vec<Vec<(String, i64)>> = self
-            .per_bucket(None, |pipe, bucket| {
-                for day in &days {
-                    pipe.hgetall(format!("{}s:{day}", bucket_prefix(&self.prefix, bucket)));
+        let hashes: Vec<Vec<Vec<(String, i64)>>> = self
+            .per_bucket(|bucket, con| {
+                let prefix = bucket_prefix(&self.prefix, bucket);
+                let days = days.clone();
+                async move {
+                    try_join_all(days.iter().map(|day| {
+                        let mut con = con.clone();
+                        let key = format!("{prefix}s:{day}");
+                        async move { con.hgetall(key).await }
+                    }))
+                    .await
                 }
             })
             .await?;
@@ -491,6 +549,7 @@ impl SessionStore for RedisStore {
             query,
             hashes
                 .iter()
+                .flatten()
                 .flatten()
                 .map(|(field, n)| (field.as_str(), *n)),
         ))
@@ -508,11 +567,16 @@ impl SessionStore for RedisStore {
 }
 
 /// Clients are spread over this many buckets by their hash. A bucket is the hash tag of
-/// its clients' keys, so it lives in one cluster slot, and per-bucket indexes (such as an
-/// expiry index for a sweeper) can be updated atomically by the decision scripts. 256 lets
-/// a cluster spread over up to 256 primaries while a sweep or an aggregate over every
-/// bucket stays a small pipeline. Changing it renames every key.
+/// its clients' keys, so it lives in one cluster slot, and per-bucket health data (due
+/// index, events, stats) is updated atomically by the decision scripts. 256 lets a cluster
+/// spread over up to 256 primaries while a sweep or an aggregate over every bucket stays
+/// 256 calls sent at once. Changing it renames every key.
 const BUCKETS: u32 = 256;
+
+/// The hash tag of a client's keys, e.g. `{2a}`: which cluster slot holds them.
+pub fn client_hash_tag(client: &ClientHash) -> String {
+    format!("{{{:02x}}}", bucket_of(client.as_str()))
+}
 
 fn bucket_of(client_hash: &str) -> u32 {
     client_hash

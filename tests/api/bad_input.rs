@@ -5,9 +5,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{Store, TestApp, new_client, spawn_app};
-use crate::on_both_stores;
+use crate::on_every_store;
 
-on_both_stores!(every_class_of_bad_input_gets_its_problem_and_changes_nothing);
+on_every_store!(every_class_of_bad_input_gets_its_problem_and_changes_nothing);
 
 const CONFIG: &str = r#"
 body_limit = 2048
@@ -26,19 +26,9 @@ async fn snapshot(app: &TestApp, client: &str) -> Value {
 }
 
 /// The keys this app's Redis store holds (under its own prefix, since other tests share the
-/// redis-server), sorted; None on the in-memory store.
+/// Redis), sorted; None on the in-memory store.
 async fn keys(app: &TestApp, prefix: &str) -> Option<Vec<String>> {
-    let redis = app.redis.as_ref()?;
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let mut keys: Vec<String> = redis::AsyncCommands::keys(&mut con, format!("{prefix}:*"))
-        .await
-        .unwrap();
-    keys.sort();
-    Some(keys)
+    app.redis_keys(&format!("{prefix}:*")).await
 }
 
 async fn every_class_of_bad_input_gets_its_problem_and_changes_nothing(store: Store) {

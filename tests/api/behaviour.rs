@@ -6,7 +6,7 @@ use sessiond::startup::Sources;
 use crate::helpers::{
     ScriptedIds, Store, millis, new_client, spawn_app, spawn_app_with, wait_past, wait_until,
 };
-use crate::on_both_stores;
+use crate::on_every_store;
 
 /// One second of idleness ends a session, so tests wait briefly and exactly.
 const SHORT: &str = r#"
@@ -33,7 +33,7 @@ fn web(client: &str) -> serde_json::Value {
     json!({"namespace": "web", "client": client})
 }
 
-on_both_stores!(
+on_every_store!(
     a_new_client_gets_index_1_and_a_re_read_returns_the_same_session,
     tick_extends_the_session_it_finds,
     tick_after_idle_timeout_rotates_and_links_previous,

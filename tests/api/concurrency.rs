@@ -10,7 +10,7 @@ use crate::helpers::{Store, TestApp, new_client, spawn_app, spawn_on_redis, wait
 use crate::redis_server;
 
 /// Sends `n` calls at once, alternating between the apps, and returns every answer.
-async fn race(apps: &[Arc<TestApp>], path: &'static str, body: Value, n: usize) -> Vec<Value> {
+pub async fn race(apps: &[Arc<TestApp>], path: &'static str, body: Value, n: usize) -> Vec<Value> {
     let calls = (0..n).map(|i| {
         let app = apps[i % apps.len()].clone();
         let body = body.clone();
@@ -23,7 +23,7 @@ async fn race(apps: &[Arc<TestApp>], path: &'static str, body: Value, n: usize) 
         .collect()
 }
 
-fn ids_and_created(answers: &[Value]) -> (HashSet<String>, usize) {
+pub fn ids_and_created(answers: &[Value]) -> (HashSet<String>, usize) {
     let ids = answers
         .iter()
         .map(|a| a["session_id"].as_str().unwrap().to_owned())

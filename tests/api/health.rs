@@ -10,7 +10,7 @@ use crate::helpers::{
     SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app, spawn_on_redis,
     wait_past, wait_until,
 };
-use crate::on_both_stores;
+use crate::on_every_store;
 use crate::redis_server;
 
 /// A configuration of its own: short timeouts, a quick sweeper, and a key prefix no other
@@ -95,7 +95,7 @@ async fn until_ended(app: &TestApp, sessions: &[&str]) -> Vec<Value> {
     events
 }
 
-on_both_stores!(
+on_every_store!(
     a_scripted_day_gives_exact_stats_and_events,
     late_user_binding_adds_a_user_and_not_a_session,
     a_report_for_an_unknown_or_expired_session_is_404_and_changes_nothing,

@@ -1,6 +1,6 @@
 //! Test support: `spawn_app` builds the real server on a real socket (port 0), on the
-//! in-memory store or on a harness-owned redis-server, and checks every answer against
-//! openapi.yaml.
+//! in-memory store, a harness-owned redis-server or a harness-owned Redis Cluster, and checks
+//! every answer against openapi.yaml.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use sessiond::config::{Secrets, Settings};
+use sessiond::config::{RedisChoice, Secrets, Settings};
 use sessiond::domain::{ClientKey, IdSource, OsRandom, SessionId};
 use sessiond::startup::{Application, Sources};
 
+use crate::redis_cluster::{self, RedisCluster};
 use crate::redis_server::{self, RedisServer};
 use crate::spec::spec;
 
@@ -20,6 +21,14 @@ use crate::spec::spec;
 pub enum Store {
     Memory,
     Redis,
+    Cluster,
+}
+
+/// The Redis an app runs on, owned by the harness.
+#[derive(Clone)]
+pub enum Backend {
+    Redis(Arc<RedisServer>),
+    Cluster(Arc<RedisCluster>),
 }
 
 pub const SECRET: &str = "test-secret-0123456789";
@@ -27,7 +36,7 @@ pub const SECRET: &str = "test-secret-0123456789";
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
-    pub redis: Option<Arc<RedisServer>>,
+    pub backend: Option<Backend>,
 }
 
 pub struct TestResponse {
@@ -74,17 +83,17 @@ impl TestResponse {
     }
 }
 
-/// Settings from a TOML text, with the store chosen by the test.
-pub fn settings(store: Store, toml: &str, redis: Option<&RedisServer>) -> Settings {
+/// Settings from a TOML text, on the given Redis (or in memory without one).
+pub fn settings(toml: &str, backend: Option<&Backend>) -> Settings {
     let file = Settings::parse_file(toml).expect("test configuration parses");
-    let redis_url = match store {
-        Store::Memory => None,
-        Store::Redis => Some(redis.expect("a redis-server").url()),
-    };
+    let redis = backend.map(|b| match b {
+        Backend::Redis(server) => RedisChoice::Url(server.url()),
+        Backend::Cluster(cluster) => RedisChoice::Cluster(cluster.urls()),
+    });
     let mut settings = Settings::from_file(
         file,
         "127.0.0.1:0".into(),
-        redis_url,
+        redis,
         Secrets {
             secret: Some(SECRET.into()),
             admin_token: None,
@@ -100,22 +109,34 @@ pub async fn spawn_app(store: Store, toml: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(store: Store, toml: &str, sources: Sources) -> TestApp {
-    let redis = (store == Store::Redis).then(redis_server::shared);
-    spawn(store, toml, sources, redis).await
+    let backend = match store {
+        Store::Memory => None,
+        Store::Redis => Some(Backend::Redis(redis_server::shared())),
+        Store::Cluster => Some(Backend::Cluster(
+            tokio::task::spawn_blocking(redis_cluster::shared)
+                .await
+                .expect("the shared cluster starts"),
+        )),
+    };
+    spawn(toml, sources, backend).await
 }
 
 /// An app on a given redis-server (several instances may share one).
 pub async fn spawn_on_redis(toml: &str, redis: Arc<RedisServer>) -> TestApp {
-    spawn(Store::Redis, toml, Sources::default(), Some(redis)).await
+    spawn(toml, Sources::default(), Some(Backend::Redis(redis))).await
 }
 
-async fn spawn(
-    store: Store,
-    toml: &str,
-    sources: Sources,
-    redis: Option<Arc<RedisServer>>,
-) -> TestApp {
-    let app = Application::build_with(settings(store, toml, redis.as_deref()), sources)
+/// An app on a given Redis Cluster (several instances may share one).
+pub async fn spawn_on_cluster(toml: &str, cluster: Arc<RedisCluster>) -> TestApp {
+    spawn(toml, Sources::default(), Some(Backend::Cluster(cluster))).await
+}
+
+async fn spawn(toml: &str, sources: Sources, backend: Option<Backend>) -> TestApp {
+    // The service's own logs, when asked for (SESSIOND_LOG=warn cargo test ... -- --nocapture).
+    if std::env::var_os("SESSIOND_LOG").is_some() {
+        sessiond::telemetry::init_logging(sessiond::config::LogFormat::Text);
+    }
+    let app = Application::build_with(settings(toml, backend.as_ref()), sources)
         .await
         .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -126,7 +147,7 @@ async fn spawn(
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap(),
-        redis,
+        backend,
     }
 }
 
@@ -136,6 +157,29 @@ pub fn new_client() -> String {
 }
 
 impl TestApp {
+    /// The keys matching a pattern in the app's Redis (every primary of a cluster), sorted;
+    /// None on the in-memory store.
+    pub async fn redis_keys(&self, pattern: &str) -> Option<Vec<String>> {
+        let mut keys = match self.backend.clone()? {
+            Backend::Redis(server) => {
+                let mut con = redis::Client::open(server.url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                redis::AsyncCommands::keys(&mut con, pattern).await.unwrap()
+            }
+            Backend::Cluster(cluster) => {
+                let pattern = pattern.to_owned();
+                tokio::task::spawn_blocking(move || cluster.keys(&pattern))
+                    .await
+                    .unwrap()
+            }
+        };
+        keys.sort();
+        Some(keys)
+    }
+
     async fn finish(&self, method: &str, path: &str, response: reqwest::Response) -> TestResponse {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -308,9 +352,9 @@ impl IdSource for ScriptedIds {
     }
 }
 
-/// Runs one async behaviour test against each store.
+/// Runs one async behaviour test against each store: in memory, on Redis, on Redis Cluster.
 #[macro_export]
-macro_rules! on_both_stores {
+macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -322,6 +366,11 @@ macro_rules! on_both_stores {
                 #[tokio::test]
                 async fn redis() {
                     super::$name($crate::helpers::Store::Redis).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() {
+                    super::$name($crate::helpers::Store::Cluster).await
                 }
             }
         )*

@@ -2,11 +2,13 @@
 //! redis-server started by the harness.
 
 mod helpers;
+mod redis_cluster;
 mod redis_server;
 mod spec;
 
 mod bad_input;
 mod behaviour;
+mod cluster;
 mod concurrency;
 mod contract;
 mod health;
