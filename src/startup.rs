@@ -80,7 +80,7 @@ impl Application {
             }
             None => {
                 tracing::warn!(
-                    "no Redis URL given: sessions are kept in memory and live only as long as this process"
+                    "no Redis given (--redis-url or --redis-cluster): sessions are kept in memory and live only as long as this process"
                 );
                 let memory = Arc::new(MemoryStore::new(
                     clock.clone(),
