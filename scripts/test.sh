@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing (redis-server, and redis-cli to form a
-# cluster), then runs every check: formatting, clippy with warnings as errors, and all tests
-# (unit and integration, every store, against a redis-server and a Redis Cluster the harness
-# starts itself).
+# cluster; k6 for the smoke), then runs every check: formatting, clippy with warnings as
+# errors, all tests (unit and integration, every store, against a redis-server and a Redis
+# Cluster the harness starts itself), and the k6 smoke script against the built binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +16,4 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+bash scripts/smoke.sh target/debug/sessiond

