@@ -30,6 +30,18 @@ export function isSession(res, what) {
   });
 }
 
+/** A constant-arrival-rate scenario: RATE calls per second for DURATION, as -e options say. */
+export function steadyRate(rate, duration, vus, maxVus) {
+  return {
+    executor: 'constant-arrival-rate',
+    rate: Number(__ENV.RATE || rate),
+    timeUnit: '1s',
+    duration: __ENV.DURATION || duration,
+    preAllocatedVUs: Number(__ENV.VUS || vus),
+    maxVUs: Number(__ENV.MAX_VUS || maxVus),
+  };
+}
+
 /** A client key from a pool of `size` keys, so load revisits clients as instruments do. */
 export function clientFrom(size) {
   return `k6-client-${Math.floor(Math.random() * size)}`;

@@ -4,22 +4,12 @@
 //   k6 run -e BASE_URL=http://127.0.0.1:8080 -e RATE=2000 -e DURATION=1m -e POOL=100000 deploy/k6/load.js
 // RATE is calls per second, P95_MS and P99_MS the latency thresholds (default 20 and 50).
 import { check } from 'k6';
-import { clientFrom, post } from './lib.js';
+import { clientFrom, post, steadyRate } from './lib.js';
 
-const RATE = Number(__ENV.RATE || 1000);
 const POOL = Number(__ENV.POOL || 100000);
 
 export const options = {
-  scenarios: {
-    mix: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: __ENV.DURATION || '1m',
-      preAllocatedVUs: Number(__ENV.VUS || 200),
-      maxVUs: Number(__ENV.MAX_VUS || 1000),
-    },
-  },
+  scenarios: { mix: steadyRate(1000, '1m', 200, 1000) },
   thresholds: {
     http_req_failed: ['rate<0.001'],
     checks: ['rate>0.999'],

@@ -3,21 +3,12 @@
 // sessiond's memory before and after.
 //   k6 run -e BASE_URL=http://127.0.0.1:8080 -e RATE=500 -e DURATION=10m deploy/k6/soak.js
 import { check } from 'k6';
-import { clientFrom, post } from './lib.js';
+import { clientFrom, post, steadyRate } from './lib.js';
 
 const POOL = Number(__ENV.POOL || 100000);
 
 export const options = {
-  scenarios: {
-    steady: {
-      executor: 'constant-arrival-rate',
-      rate: Number(__ENV.RATE || 500),
-      timeUnit: '1s',
-      duration: __ENV.DURATION || '10m',
-      preAllocatedVUs: Number(__ENV.VUS || 100),
-      maxVUs: Number(__ENV.MAX_VUS || 500),
-    },
-  },
+  scenarios: { steady: steadyRate(500, '10m', 100, 500) },
   thresholds: {
     http_req_failed: ['rate<0.001'],
   },
