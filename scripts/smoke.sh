@@ -23,18 +23,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts sessiond with the given arguments on a free port; prints the port once it listens.
+# Starts sessiond (named, with the given arguments) on a free port, in this shell so that the
+# cleanup sees its PID.
 start_sessiond() {
-  local log="$work/sessiond-$#-$RANDOM.log"
-  SESSIOND_LOG_FORMAT=json "$binary" --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+  local name="$1"; shift
+  SESSIOND_LOG_FORMAT=json "$binary" --listen 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
   pids+=("$!")
+}
+
+# Prints the port a started sessiond listens on, once it says so.
+port_of() {
   for _ in $(seq 1 100); do
     local port
-    port="$(grep -o '"port":[0-9]*' "$log" | head -n1 | cut -d: -f2 || true)"
+    port="$(grep -o '"port":[0-9]*' "$work/$1.log" | head -n1 | cut -d: -f2 || true)"
     if [ -n "$port" ]; then echo "$port"; return; fi
     sleep 0.1
   done
-  echo "sessiond did not start:" >&2; cat "$log" >&2; exit 1
+  echo "sessiond ($1) did not start:" >&2; cat "$work/$1.log" >&2; exit 1
 }
 
 redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no --dir "$work" \
@@ -42,8 +47,10 @@ redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no 
 pids+=("$!")
 for _ in $(seq 1 100); do [ -S "$work/redis.sock" ] && break; sleep 0.05; done
 
-memory_port="$(start_sessiond)"
-redis_port="$(SESSIOND_SECRET=smoke-secret-0123456789 start_sessiond --redis-url "redis+unix://$work/redis.sock")"
+start_sessiond memory
+SESSIOND_SECRET=smoke-secret-0123456789 start_sessiond redis --redis-url "redis+unix://$work/redis.sock"
+memory_port="$(port_of memory)"
+redis_port="$(port_of redis)"
 
 for port in "$memory_port" "$redis_port"; do
   "$k6" run --quiet --no-usage-report -e BASE_URL="http://127.0.0.1:$port" deploy/k6/smoke.js
