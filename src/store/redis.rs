@@ -17,6 +17,7 @@
 //! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
 //!   (`domain::stats`), expiring `stats_retention` after the day.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -357,53 +358,32 @@ impl SessionStore for RedisStore {
         }
     }
 
-    /// All calls are sent at once, so they travel in one round trip (on a cluster, one per
-    /// node). A call that must start a session needs more (an id reservation, then the
-    /// decision again); the calls after it for the same client saw the state before that
-    /// start, and changed nothing (every decision on a missing or expired session either
-    /// starts one or only reads), so they are decided again, in order, after it. Different
-    /// clients proceed concurrently.
+    /// Each client's calls run in order, one after the other; different clients' calls are
+    /// sent at once, so a batch for many clients takes about one round trip (on a cluster,
+    /// one per node).
     async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
-        let replies = join_all(commands.iter().map(|cmd| self.run(cmd, None))).await;
-        let mut replies = replies.into_iter();
-        let mut finished = Vec::new();
-        // Per client, the calls decided again in order, the first of which starts a session.
-        let mut chains: Vec<(&Command, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of: HashMap<(&Namespace, &ClientHash), usize> = HashMap::new();
         for (i, cmd) in commands.iter().enumerate() {
-            let reply = replies
-                .next()
-                .unwrap_or_else(|| Err(StoreError::Failed("a batch call went unanswered".into())));
-            let same_client = |c: &Command| c.namespace == cmd.namespace && c.client == cmd.client;
-            if let Some((_, chain)) = chains.iter_mut().find(|(first, _)| same_client(first)) {
-                chain.push(i);
-                continue;
+            let next = groups.len();
+            let group = *group_of
+                .entry((&cmd.namespace, &cmd.client))
+                .or_insert(next);
+            if group == next {
+                groups.push(Vec::new());
             }
-            match reply {
-                Ok(Reply::NeedId) => chains.push((cmd, vec![i])),
-                Ok(reply) => finished.push((i, self.finish(reply, None).await)),
-                Err(e) => finished.push((i, Err(e))),
-            }
+            groups[group].push(i);
         }
-        let chains = chains.into_iter().map(|(_, chain)| async move {
-            let mut answers = Vec::with_capacity(chain.len());
-            for (n, &i) in chain.iter().enumerate() {
-                let answer = if n == 0 {
-                    self.execute_with_id(&commands[i]).await
-                } else {
-                    self.execute(&commands[i]).await
-                };
-                answers.push((i, answer));
+        let runs = groups.into_iter().map(|group| async move {
+            let mut answers = Vec::with_capacity(group.len());
+            for i in group {
+                answers.push((i, self.execute(&commands[i]).await));
             }
             answers
         });
-        finished.extend(
-            futures_util::future::join_all(chains)
-                .await
-                .into_iter()
-                .flatten(),
-        );
-        finished.sort_by_key(|(i, _)| *i);
-        finished.into_iter().map(|(_, answer)| answer).collect()
+        let mut answers: Vec<_> = join_all(runs).await.into_iter().flatten().collect();
+        answers.sort_by_key(|(i, _)| *i);
+        answers.into_iter().map(|(_, answer)| answer).collect()
     }
 
     async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError> {
