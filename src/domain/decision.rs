@@ -205,22 +205,27 @@ pub fn apply_update(
     user_id: Option<&str>,
     now: i64,
 ) -> bool {
-    let before = session.clone();
-    if update.activity {
-        session.last_activity_at = session.last_activity_at.max(now);
+    let mut changed = false;
+    if update.activity && now > session.last_activity_at {
+        session.last_activity_at = now;
+        changed = true;
     }
     match update.background {
         BackgroundChange::Keep => {}
         // A repeated background call keeps the first time, so retries do not extend the session.
         BackgroundChange::Enter => {
-            session.background_since = session.background_since.or(Some(now))
+            if session.background_since.is_none() {
+                session.background_since = Some(now);
+                changed = true;
+            }
         }
-        BackgroundChange::Leave => session.background_since = None,
+        BackgroundChange::Leave => changed |= session.background_since.take().is_some(),
     }
-    if update.bind_user {
+    if update.bind_user && session.attributes.user_id.as_deref() != user_id {
         session.attributes.user_id = user_id.map(str::to_owned);
+        changed = true;
     }
-    *session != before
+    changed
 }
 
 /// Ends a live session now with a client-given status, finalizing it.

@@ -2,7 +2,9 @@
 //! on one instance. Sessions live only as long as the process.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
@@ -22,6 +24,11 @@ use crate::domain::{
 /// A client's place in the keyspace, as the Redis store's `{namespace:hash}` tag.
 type Tag = (Namespace, ClientHash);
 
+/// Maps keyed by client hashes and session ids: both are keyed-hash or random output, which
+/// a caller cannot steer, so a fast hasher is safe here (about a tenth of a call's cost went
+/// to SipHash).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Which record an expiry belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Record {
@@ -38,7 +45,7 @@ struct Expiring<T> {
 /// sorted set: one entry per client, set when a session starts and moved by the sweeper.
 #[derive(Default)]
 struct DueIndex {
-    at: HashMap<Tag, i64>,
+    at: FastMap<Tag, i64>,
     order: BTreeSet<(i64, Tag)>,
 }
 
@@ -109,9 +116,9 @@ impl EventLog {
 /// which is what makes ids unique among retained sessions. Health data lives beside them:
 /// the sweeper's due index, the event ring, and the stats hashes of each day.
 struct Keyspace {
-    clients: HashMap<Tag, Expiring<SessionState>>,
-    archives: HashMap<Tag, Expiring<Vec<SessionState>>>,
-    ids: HashMap<SessionId, Tag>,
+    clients: FastMap<Tag, Expiring<SessionState>>,
+    archives: FastMap<Tag, Expiring<Vec<SessionState>>>,
+    ids: FastMap<SessionId, Tag>,
     expiries: BTreeSet<(i64, Record)>,
     due: DueIndex,
     events: EventLog,
@@ -135,9 +142,9 @@ const SWEEP_LIMIT: usize = 10_000;
 impl Keyspace {
     fn new(events: usize) -> Self {
         Self {
-            clients: HashMap::new(),
-            archives: HashMap::new(),
-            ids: HashMap::new(),
+            clients: FastMap::default(),
+            archives: FastMap::default(),
+            ids: FastMap::default(),
             expiries: BTreeSet::new(),
             due: DueIndex::default(),
             events: EventLog {
@@ -156,10 +163,13 @@ impl Keyspace {
         self.expiries.insert((new, record));
     }
 
-    /// Removes up to `limit` records whose expiry has passed; returns how many.
+    /// Removes up to `limit` records whose expiry has passed; returns how many. A client's
+    /// entry may be stale (its record was extended since), and is then moved to the record's
+    /// current expiry instead.
     fn purge(&mut self, now: i64, limit: usize) -> usize {
         let mut removed = 0;
-        while removed < limit {
+        let mut looked = 0;
+        while removed < limit && looked < limit.saturating_mul(2) {
             let Some((at, record)) = self.expiries.first().cloned() else {
                 break;
             };
@@ -167,6 +177,14 @@ impl Keyspace {
                 break;
             }
             self.expiries.pop_first();
+            looked += 1;
+            if let Record::Client(tag) = &record
+                && let Some(later) = self.clients.get(tag).map(|r| r.expires_at)
+                && later > now
+            {
+                self.expiries.insert((later, record));
+                continue;
+            }
             self.remove(&record);
             removed += 1;
         }
@@ -214,11 +232,25 @@ impl Keyspace {
             .find(|s| s.id == *id && still_retained(s, now, session_retention))
     }
 
-    /// Stores the client's current session with the expiry the Redis store gives it.
+    /// Stores the client's current session with the expiry the Redis store gives it. The
+    /// expiry index is lazy, as a tick extends the expiry every time: it gains an entry only
+    /// for a new record or an earlier expiry, and `purge` moves stale entries on.
     fn save_current(&mut self, tag: &Tag, session: SessionState, expires_at: i64) {
-        let old = self.clients.get(tag).map(|r| r.expires_at);
+        if let Some(record) = self.clients.get_mut(tag) {
+            if record.value.id != session.id {
+                self.ids.insert(session.id.clone(), tag.clone());
+            }
+            if expires_at < record.expires_at {
+                self.expiries
+                    .insert((expires_at, Record::Client(tag.clone())));
+            }
+            record.value = session;
+            record.expires_at = expires_at;
+            return;
+        }
         self.ids.insert(session.id.clone(), tag.clone());
-        self.set_expiry(Record::Client(tag.clone()), old, expires_at);
+        self.expiries
+            .insert((expires_at, Record::Client(tag.clone())));
         self.clients.insert(
             tag.clone(),
             Expiring {
@@ -321,10 +353,11 @@ impl MemoryStore {
         }
     }
 
+    /// parking_lot's lock spins briefly before parking, which spares the short critical
+    /// sections here a futex round trip under contention; it has no poisoning, and needs
+    /// none: each decision mutates only after it is made.
     fn lock(&self) -> MutexGuard<'_, Keyspace> {
-        // A panic while holding the lock cannot leave a half-applied decision behind (each
-        // decision mutates only after it is made), so a poisoned lock is still consistent.
-        self.keyspace.lock().unwrap_or_else(|p| p.into_inner())
+        self.keyspace.lock()
     }
 
     /// Removes expired records; the janitor task calls this so memory follows retention.
@@ -346,9 +379,12 @@ impl MemoryStore {
         let tag = (cmd.namespace.clone(), cmd.client.clone());
         let ns = cmd.namespace.as_str();
         let policy = &cmd.policy;
-        let stored = ks.current(&tag, store_now).cloned();
-        let now = effective_now(stored.as_ref(), store_now);
         let user_id = cmd.attributes.user_id.as_deref();
+        let (now, decision) = {
+            let stored = ks.current(&tag, store_now);
+            let now = effective_now(stored, store_now);
+            (now, decide(stored, &cmd.op, user_id, policy, now))
+        };
         let (client_ms, session_ms) = (self.retention.client_ms(), self.retention.session_ms());
         let keep_until = |s: &SessionState| record_expires_at(s, policy, client_ms, session_ms);
         let answer = |session: SessionState, created: bool| Outcome::Session {
@@ -356,10 +392,34 @@ impl MemoryStore {
             created,
             now,
         };
-        match (
-            decide(stored.as_ref(), &cmd.op, user_id, policy, now),
-            stored,
-        ) {
+        // Most calls keep or update a live session: done in place, with one copy for the answer.
+        match decision {
+            Decision::Keep => {
+                return ks
+                    .current(&tag, store_now)
+                    .map_or(Outcome::NoLiveSession, |s| answer(s.clone(), false));
+            }
+            Decision::Update(update) => {
+                let Some(record) = ks
+                    .clients
+                    .get_mut(&tag)
+                    .filter(|r| r.expires_at > store_now)
+                else {
+                    return Outcome::NoLiveSession;
+                };
+                let changed = apply_update(&mut record.value, update, user_id, now);
+                // Activity only moves the expiry later, so the lazy expiry index holds.
+                record.expires_at = record.expires_at.max(keep_until(&record.value));
+                let s = record.value.clone();
+                if changed && update.bind_user {
+                    ks.count(stats::user_marks(ns, &s));
+                }
+                return answer(s, false);
+            }
+            _ => {}
+        }
+        let stored = ks.current(&tag, store_now).cloned();
+        match (decision, stored) {
             (Decision::NoLiveSession, _) => Outcome::NoLiveSession,
             (Decision::Other(id), _) => {
                 let Some(s) = ks.archived_mut(&tag, &id, now, session_ms) else {
@@ -373,16 +433,6 @@ impl MemoryStore {
                 let s = s.clone();
                 if changed {
                     ks.amended(ns, before, &s, now);
-                }
-                answer(s, false)
-            }
-            (Decision::Keep, Some(s)) => answer(s, false),
-            (Decision::Update(update), Some(mut s)) => {
-                if apply_update(&mut s, update, user_id, now) {
-                    if update.bind_user {
-                        ks.count(stats::user_marks(ns, &s));
-                    }
-                    ks.save_current(&tag, s.clone(), keep_until(&s));
                 }
                 answer(s, false)
             }
@@ -441,11 +491,10 @@ impl MemoryStore {
                 ks.save_current(&tag, s.clone(), keep_until(&s));
                 answer(s, true)
             }
-            // The table never keeps, updates, ends or reports a session that is not there.
-            (
-                Decision::Keep | Decision::Update(_) | Decision::End(_) | Decision::Report(_),
-                None,
-            ) => Outcome::NoLiveSession,
+            // Keep and update are answered above; the table never ends or reports a session
+            // that is not there.
+            (Decision::Keep | Decision::Update(_), _)
+            | (Decision::End(_) | Decision::Report(_), None) => Outcome::NoLiveSession,
         }
     }
 }
@@ -619,5 +668,31 @@ mod tests {
         assert_eq!(again.index, 1);
         assert_ne!(again.id, first.id);
         assert_eq!(again.reason, crate::domain::Reason::NewClient);
+    }
+
+    #[tokio::test]
+    async fn activity_keeps_a_client_past_its_first_expiry() {
+        let clock = Arc::new(ManualClock::starting_at(1_000 * HOUR));
+        let store = store(clock.clone());
+        let first = session(store.execute(&tick("c")).await.unwrap());
+        clock.advance(20 * 60_000);
+        store.execute(&tick("c")).await.unwrap();
+        // Past the expiry the first call gave the record, within the one the tick gave it.
+        clock.advance(48 * HOUR - 10 * 60_000);
+        store.purge_expired(usize::MAX);
+        assert_eq!(store.retained_sessions(), 1, "the tick extended the record");
+        let later = session(store.execute(&tick("c")).await.unwrap());
+        assert_eq!(
+            later.index, 2,
+            "the client is remembered, its session idled out"
+        );
+        assert_eq!(later.previous.as_ref(), Some(&first.id));
+        clock.advance(49 * HOUR);
+        store.purge_expired(usize::MAX);
+        assert_eq!(
+            store.retained_sessions(),
+            0,
+            "memory still follows retention"
+        );
     }
 }
