@@ -131,7 +131,11 @@ impl ClientHasher {
 
     pub fn hash(&self, client: &ClientKey) -> ClientHash {
         let digest = blake3::keyed_hash(&self.key, client.as_str().as_bytes());
-        ClientHash(hex::encode(&digest.as_bytes()[..16]))
+        // Into a buffer, as hex::encode collects char by char; every call hashes a client.
+        let mut hex = [0u8; 32];
+        let encoded = hex::encode_to_slice(&digest.as_bytes()[..16], &mut hex);
+        debug_assert!(encoded.is_ok(), "16 bytes are 32 hex digits");
+        ClientHash(String::from_utf8_lossy(&hex).into_owned())
     }
 
     /// The provisional session id of a client for one window of time, used while the store

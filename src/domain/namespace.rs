@@ -1,5 +1,6 @@
 //! Namespace names: product surfaces with their own policy, defined in the configuration.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -31,6 +32,14 @@ impl Namespace {
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets the configuration's namespace table be searched by a request's raw name without
+/// building a `Namespace` first: only valid names are in it.
+impl Borrow<str> for Namespace {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

@@ -75,6 +75,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         Some(b'[' | b'"' | b'-' | b'0'..=b'9') => return Err(not_an_object("body")),
         Some(_) => body,
     };
+    // Tracking the path costs on every call; only a failed decode needs it, for its message.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| field_error(e, "body"))?;
     de.end()

@@ -175,9 +175,10 @@ impl AppState {
             }
         };
         let raw_ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-        let (namespace, settings) = Namespace::parse(raw_ns)
-            .ok()
-            .and_then(|n| self.settings.namespaces.get_key_value(&n))
+        let (namespace, settings) = self
+            .settings
+            .namespaces
+            .get_key_value(raw_ns)
             .ok_or_else(|| ApiError::UnknownNamespace(truncate(raw_ns, 64)))?;
         cors::check(req, settings)?;
         Ok(ParsedCall {

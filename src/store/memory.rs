@@ -380,10 +380,12 @@ impl MemoryStore {
         let ns = cmd.namespace.as_str();
         let policy = &cmd.policy;
         let user_id = cmd.attributes.user_id.as_deref();
-        let (now, decision) = {
+        let (now, decision, kept) = {
             let stored = ks.current(&tag, store_now);
             let now = effective_now(stored, store_now);
-            (now, decide(stored, &cmd.op, user_id, policy, now))
+            let decision = decide(stored, &cmd.op, user_id, policy, now);
+            let kept = matches!(decision, Decision::Keep).then(|| stored.cloned());
+            (now, decision, kept.flatten())
         };
         let (client_ms, session_ms) = (self.retention.client_ms(), self.retention.session_ms());
         let keep_until = |s: &SessionState| record_expires_at(s, policy, client_ms, session_ms);
@@ -395,9 +397,7 @@ impl MemoryStore {
         // Most calls keep or update a live session: done in place, with one copy for the answer.
         match decision {
             Decision::Keep => {
-                return ks
-                    .current(&tag, store_now)
-                    .map_or(Outcome::NoLiveSession, |s| answer(s.clone(), false));
+                return kept.map_or(Outcome::NoLiveSession, |s| answer(s, false));
             }
             Decision::Update(update) => {
                 let Some(record) = ks
