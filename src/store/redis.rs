@@ -17,7 +17,7 @@
 //! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
 //!   (`domain::stats`), expiring `stats_retention` after the day.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,10 +100,18 @@ pub struct RedisStore {
     ids: Arc<dyn IdSource>,
     retention: Retention,
     session_script: Script,
+    batch_script: Script,
     sweep_script: Script,
     find_script: Script,
     events_script: Script,
 }
+
+/// How many arguments decide.lua takes per call (`add_call`).
+const CALL_ARGS: usize = 20;
+
+/// How many calls one batch script decides at most: a script holds its Redis while it runs
+/// (100 calls take about half a millisecond), so a long batch goes in several.
+const CALLS_PER_SCRIPT: usize = 100;
 
 /// How many due clients one sweep looks at per bucket.
 const SWEEP_LIMIT: usize = 500;
@@ -116,6 +124,8 @@ enum Reply {
         extend_pointer_to: i64,
     },
     NeedId,
+    /// A batch call held back behind an earlier call of its client that needs an id.
+    Skipped,
     NoLive,
     Unknown,
 }
@@ -153,7 +163,13 @@ impl RedisStore {
             retention,
             session_script: Script::new(concat!(
                 include_str!("lib.lua"),
+                include_str!("decide.lua"),
                 include_str!("session.lua")
+            )),
+            batch_script: Script::new(concat!(
+                include_str!("lib.lua"),
+                include_str!("decide.lua"),
+                include_str!("batch.lua")
             )),
             sweep_script: Script::new(concat!(include_str!("lib.lua"), include_str!("sweep.lua"))),
             find_script: Script::new(include_str!("find.lua")),
@@ -185,11 +201,13 @@ impl RedisStore {
         }
     }
 
-    fn invocation<'a>(
-        &'a self,
+    /// Adds one decision's keys and arguments (decide.lua) to a script call.
+    fn add_call(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
         cmd: &Command,
         candidate: Option<&SessionId>,
-    ) -> redis::ScriptInvocation<'a> {
+    ) {
         let (namespace, hash) = (cmd.namespace.as_str(), cmd.client.as_str());
         let [current, archive] = client_keys(&self.prefix, namespace, hash);
         let (op, create, status, report) = match &cmd.op {
@@ -201,8 +219,8 @@ impl RedisStore {
             Op::Report { report, .. } => ("report", false, None, Some(report)),
         };
         let policy = &cmd.policy;
-        let mut call = self.session_script.key(current);
-        call.key(archive)
+        call.key(current)
+            .key(archive)
             .arg(op)
             .arg(if create { "1" } else { "0" })
             .arg(status.map_or("", end_status_name))
@@ -230,7 +248,6 @@ impl RedisStore {
             } else {
                 "0"
             });
-        call
     }
 
     /// Makes one call per bucket, all at once (on a cluster, each to its bucket's node),
@@ -279,7 +296,8 @@ impl RedisStore {
 
     async fn run(&self, cmd: &Command, candidate: Option<&SessionId>) -> Result<Reply, StoreError> {
         let mut con = self.connection.clone();
-        let invocation = self.invocation(cmd, candidate);
+        let mut invocation = self.session_script.prepare_invoke();
+        self.add_call(&mut invocation, cmd, candidate);
         let value: Value = self.bounded(invocation.invoke_async(&mut con)).await?;
         parse_reply(value)
     }
@@ -312,7 +330,7 @@ impl RedisStore {
             }
             Reply::NoLive => Outcome::NoLiveSession,
             Reply::Unknown => Outcome::UnknownSession,
-            Reply::NeedId => {
+            Reply::NeedId | Reply::Skipped => {
                 return Err(StoreError::Failed(
                     "the script asked twice for an id".into(),
                 ));
@@ -347,24 +365,72 @@ impl RedisStore {
         let reply = self.run(cmd, Some(&candidate)).await?;
         self.finish(reply, Some(candidate)).await
     }
-}
 
-#[async_trait]
-impl SessionStore for RedisStore {
-    async fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
-        match self.run(command, None).await? {
-            Reply::NeedId => self.execute_with_id(command).await,
-            reply => self.finish(reply, None).await,
+    /// One group of a batch (`execute_batch`): its calls in batch scripts, then the calls
+    /// left waiting for a session id.
+    async fn batch_group(
+        &self,
+        commands: &[Command],
+        group: Vec<usize>,
+    ) -> Vec<(usize, Result<Outcome, StoreError>)> {
+        let client = |i: usize| (&commands[i].namespace, &commands[i].client);
+        let mut answers = Vec::with_capacity(group.len());
+        let mut waiting = HashSet::new();
+        let mut later = Vec::new();
+        for chunk in group.chunks(CALLS_PER_SCRIPT) {
+            let (held, now): (Vec<usize>, Vec<usize>) =
+                chunk.iter().partition(|&&i| waiting.contains(&client(i)));
+            later.extend(held);
+            if now.is_empty() {
+                continue;
+            }
+            let mut invocation = self.batch_script.prepare_invoke();
+            invocation.arg(CALL_ARGS);
+            for &i in &now {
+                self.add_call(&mut invocation, &commands[i], None);
+            }
+            let mut con = self.connection.clone();
+            let replies: Vec<Value> = match self.bounded(invocation.invoke_async(&mut con)).await {
+                Ok(replies) => replies,
+                Err(e) => {
+                    answers.extend(now.into_iter().map(|i| (i, Err(e.clone()))));
+                    continue;
+                }
+            };
+            if replies.len() != now.len() {
+                let e = StoreError::Corrupt(format!(
+                    "batch script answered {} of {} calls",
+                    replies.len(),
+                    now.len()
+                ));
+                answers.extend(now.into_iter().map(|i| (i, Err(e.clone()))));
+                continue;
+            }
+            for (i, value) in now.into_iter().zip(replies) {
+                match parse_reply(value) {
+                    Ok(Reply::NeedId | Reply::Skipped) => {
+                        waiting.insert(client(i));
+                        later.push(i);
+                    }
+                    Ok(reply) => answers.push((i, self.finish(reply, None).await)),
+                    Err(e) => answers.push((i, Err(e))),
+                }
+            }
         }
+        answers.extend(self.in_client_order(commands, later).await);
+        answers
     }
 
-    /// Each client's calls run in order, one after the other; different clients' calls are
-    /// sent at once, so a batch for many clients takes about one round trip (on a cluster,
-    /// one per node).
-    async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
+    /// Runs calls one by one per client, in the order given, different clients at once.
+    async fn in_client_order(
+        &self,
+        commands: &[Command],
+        calls: Vec<usize>,
+    ) -> Vec<(usize, Result<Outcome, StoreError>)> {
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let mut group_of: HashMap<(&Namespace, &ClientHash), usize> = HashMap::new();
-        for (i, cmd) in commands.iter().enumerate() {
+        for i in calls {
+            let cmd = &commands[i];
             let next = groups.len();
             let group = *group_of
                 .entry((&cmd.namespace, &cmd.client))
@@ -381,6 +447,36 @@ impl SessionStore for RedisStore {
             }
             answers
         });
+        join_all(runs).await.into_iter().flatten().collect()
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
+        match self.run(command, None).await? {
+            Reply::NeedId => self.execute_with_id(command).await,
+            reply => self.finish(reply, None).await,
+        }
+    }
+
+    /// Calls go to Redis in batch scripts (batch.lua), in order, so one client's calls keep
+    /// their order: on one server a script holds up to `CALLS_PER_SCRIPT` calls of any
+    /// clients; on a cluster, calls are grouped by bucket, as a script's keys share a slot.
+    /// Calls that need a new session id, and the later calls of their clients, run after,
+    /// one client at a time in order.
+    async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
+        let mut groups: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, cmd) in commands.iter().enumerate() {
+            let group = match self.connection {
+                Connection::Single(_) => 0,
+                Connection::Cluster(_) => bucket_of(cmd.client.as_str()),
+            };
+            groups.entry(group).or_default().push(i);
+        }
+        let runs = groups
+            .into_values()
+            .map(|group| self.batch_group(commands, group));
         let mut answers: Vec<_> = join_all(runs).await.into_iter().flatten().collect();
         answers.sort_by_key(|(i, _)| *i);
         answers.into_iter().map(|(_, answer)| answer).collect()
@@ -687,6 +783,7 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
             extend_pointer_to: pointer,
         },
         "need" => Reply::NeedId,
+        "skip" => Reply::Skipped,
         "nolive" => Reply::NoLive,
         "unknown" => Reply::Unknown,
         other => return Err(StoreError::Corrupt(format!("script reply kind {other}"))),

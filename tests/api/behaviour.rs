@@ -48,6 +48,7 @@ on_every_store!(
     current_with_create_false_never_creates,
     a_client_key_is_minted_when_the_caller_brings_none,
     batch_answers_every_operation_in_order,
+    a_long_batch_keeps_each_clients_calls_in_order,
     lookup_shows_live_and_earlier_sessions_while_retained,
     lookup_forgets_sessions_past_session_retention,
     a_colliding_session_id_is_never_issued_twice,
@@ -402,6 +403,80 @@ async fn batch_answers_every_operation_in_order(store: Store) {
         .await
         .expect(200);
     assert_eq!(single["session_id"], results[0]["session_id"]);
+}
+
+/// More calls than one store step takes (the Redis store decides up to 100 per script),
+/// with sessions starting, ending and starting again within the batch, for a new client and
+/// for clients whose sessions were live before it.
+async fn a_long_batch_keeps_each_clients_calls_in_order(store: Store) {
+    let app = spawn_app(store, SHORT).await;
+    let a = new_client();
+    let others: Vec<String> = (0..30).map(|_| new_client()).collect();
+    let mut before = Vec::new();
+    for other in &others {
+        before.push(app.tick(web(other)).await.expect(200)["session_id"].clone());
+    }
+    let mut operations = Vec::new();
+    for round in 0..250 {
+        let op = match round {
+            120 => "end",
+            _ => "tick",
+        };
+        operations.push(json!({"op": op, "namespace": "web", "client": a}));
+        // others[0] ends its session at its 3rd call (round 60) and starts another.
+        let op = if round == 60 { "end" } else { "tick" };
+        let other = &others[round % others.len()];
+        operations.push(json!({"op": op, "namespace": "web", "client": other}));
+    }
+    let results = app.batch(json!(operations)).await.expect(200)["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(results.len(), 500);
+    let mine: Vec<_> = results.iter().step_by(2).collect();
+    let first = &mine[0]["session_id"];
+    assert_eq!(mine[0]["created"], true);
+    assert!(
+        mine[..=120].iter().all(|r| r["session_id"] == *first),
+        "one session until the end call"
+    );
+    assert!(mine[120]["ended_at"].is_string(), "the end call answers the ended session");
+    let second = &mine[121];
+    assert_eq!(second["created"], true);
+    assert_eq!(second["index"], 2);
+    assert_eq!(second["reason"], "ended");
+    assert_eq!(second["previous_session_id"], *first);
+    assert!(
+        mine[121..]
+            .iter()
+            .all(|r| r["session_id"] == second["session_id"]),
+        "one session after it"
+    );
+    for (n, other) in others.iter().enumerate() {
+        let theirs: Vec<_> = results
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .zip(operations.iter().skip(1).step_by(2))
+            .filter(|(_, op)| op["client"] == other.as_str())
+            .map(|(r, _)| r)
+            .collect();
+        let same = |rs: &[&serde_json::Value], id: &serde_json::Value| {
+            rs.iter()
+                .all(|r| r["session_id"] == *id && r["created"] == false)
+        };
+        if n == 0 {
+            assert!(same(&theirs[..=2], &before[0]), "live until its end call");
+            assert_eq!(theirs[3]["created"], true);
+            assert_eq!(theirs[3]["previous_session_id"], before[0]);
+            assert!(same(&theirs[4..], &theirs[3]["session_id"]));
+        } else {
+            assert!(
+                same(&theirs, &before[n]),
+                "the session live before the batch"
+            );
+        }
+    }
 }
 
 async fn lookup_shows_live_and_earlier_sessions_while_retained(store: Store) {

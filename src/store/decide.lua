@@ -1,0 +1,163 @@
+-- One session decision for one client, on this Redis server's clock (appended to lib.lua,
+-- and followed by session.lua or batch.lua, which call it). Implements the decision table
+-- of src/domain/decision.rs; keep the two in step.
+--
+-- KEYS[1] the client's current session (JSON), KEYS[2] its archive (hash: id -> JSON);
+-- both carry the client's {bucket} tag, as do the bucket's health keys written through H.
+-- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
+--       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
+--       candidate, attributes, bucket key prefix, namespace, client member (NS:HASH),
+--       stats_retention_ms, events_max, report errors, report crashed
+-- decide(KEYS, ARGV) returns {kind, now, session_json, pointer_expires_at}; kind is s(ession),
+-- need(s an id), nolive or unknown. pointer_expires_at > 0 asks the caller to extend the id's
+-- pointer.
+
+local function decide(KEYS, ARGV)
+  -- The store's clock, moved on to a session's last activity when that is later.
+  local now = now
+  local op, create, end_status, named = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
+  local P = {idle = tonumber(ARGV[5]), max = tonumber(ARGV[6]), mode = ARGV[7]}
+  local on_user_change = ARGV[8]
+  local client_ret, session_ret, slack = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+  local candidate, attrs = ARGV[12], cjson.decode(ARGV[13])
+  local H = {prefix = ARGV[14], ns = ARGV[15], stats_ret = tonumber(ARGV[17]), events_max = ARGV[18]}
+  local member = ARGV[16]
+  local report_errors, report_crashed = tonumber(ARGV[19]), ARGV[20] == '1'
+  local may_start = not ((op == 'current' and not create) or op == 'end' or op == 'report')
+
+  local function retained_until(x)
+    local at = deadline(x, P)
+    return (at or x.t) + session_ret
+  end
+
+  local function reply(kind, x, pointer)
+    return {kind, now, x or '', pointer or 0}
+  end
+
+  -- Saves the current session; returns its JSON and the pointer expiry to extend, if due.
+  local function save(x)
+    local pointer = 0
+    if retained_until(x) > x.px then
+      x.px = retained_until(x) + slack
+      pointer = x.px
+    end
+    local json = cjson.encode(x)
+    redis.call('SET', KEYS[1], json, 'PXAT', math.max(x.t + client_ret, retained_until(x)))
+    return json, pointer
+  end
+
+  -- Keeps a finalized session readable by id, dropping archived ones past retention.
+  local function archive(done)
+    local latest = 0
+    local entries = redis.call('HGETALL', KEYS[2])
+    for n = 1, #entries, 2 do
+      local e = cjson.decode(entries[n + 1]).e
+      if e + session_ret <= now then redis.call('HDEL', KEYS[2], entries[n]) else latest = math.max(latest, e) end
+    end
+    if done.e + session_ret > now then
+      redis.call('HSET', KEYS[2], done.s, cjson.encode(done))
+      latest = math.max(latest, done.e)
+    end
+    if latest > 0 then redis.call('PEXPIREAT', KEYS[2], latest + session_ret) end
+  end
+
+  local function start(prev, reason)
+    if candidate == '' then return reply('need') end
+    if prev then
+      local ended = ended_at(prev, P, now)
+      finalize(H, prev, ended)
+      archive({s = prev.s, i = prev.i, p = prev.p, t0 = prev.t0, t = prev.t, e = ended,
+               st = prev.st, n = prev.n, f = true, r = prev.r, a = prev.a})
+    end
+    local x = {s = candidate, i = prev and prev.i + 1 or 1, p = prev and prev.s or nil,
+               t0 = now, t = now, st = 'ok', r = reason, a = attrs, px = 0}
+    event(H, 'started', x)
+    stat(H, x, 'started', 1)
+    user_marks(H, x)
+    redis.call('ZADD', H.prefix .. 'due', (deadline(x, P)), member)
+    local json = save(x)
+    -- The caller reserved the id's pointer for this first stretch; nothing to extend yet.
+    return reply('s', json)
+  end
+
+  local raw = redis.call('GET', KEYS[1])
+  if not raw then
+    if may_start then return start(nil, 'new_client') end
+    return reply('nolive')
+  end
+  local s = cjson.decode(raw)
+  now = math.max(now, s.t)
+
+  if named ~= '' and named ~= s.s then
+    local archived = redis.call('HGET', KEYS[2], named)
+    if not archived then return reply('unknown') end
+    local x = cjson.decode(archived)
+    if x.e + session_ret <= now then return reply('unknown') end
+    if op == 'report' then
+      local before = x.st
+      if apply_report(x, report_errors, report_crashed) then
+        amend(H, x, before, x.e)
+        archived = cjson.encode(x)
+        redis.call('HSET', KEYS[2], named, archived)
+      end
+    end
+    return reply('s', archived)
+  end
+
+  local _, why = over(s, P, now)
+  if why then
+    if op == 'report' then
+      if retained_until(s) <= now then return reply('unknown') end
+      local before, was_final = s.st, s.f
+      local changed = apply_report(s, report_errors, report_crashed)
+      local ended = ended_at(s, P, now)
+      if not was_final then
+        finalize(H, s, ended)
+      elseif changed then
+        amend(H, s, before, ended)
+      end
+      return reply('s', save(s))
+    end
+    if op == 'end' then return reply('s', raw) end
+    if may_start then return start(s, why) end
+    return reply('nolive')
+  end
+
+  if op == 'end' then
+    s.e = now
+    finalize(H, s, now, end_status)
+    return reply('s', save(s))
+  end
+
+  if op == 'report' then
+    apply_report(s, report_errors, report_crashed)
+    user_marks(H, s)
+    return reply('s', save(s))
+  end
+
+  local user, bound = attrs.user_id, s.a.user_id
+  if user and bound and user ~= bound and on_user_change == 'restart' and may_start then
+    return start(s, 'user_change')
+  end
+
+  local changed = false
+  if user and not bound then
+    s.a.user_id = user
+    user_marks(H, s)
+    changed = true
+  end
+  if op ~= 'current' and s.t < now then
+    s.t = now
+    changed = true
+  end
+  if op == 'foreground' and s.bg then
+    s.bg = nil
+    changed = true
+  elseif op == 'background' and P.mode == 'background' and not s.bg then
+    s.bg = now
+    changed = true
+  end
+  if not changed then return reply('s', raw) end
+  local json, pointer = save(s)
+  return reply('s', json, pointer)
+end
