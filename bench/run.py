@@ -10,8 +10,9 @@ alternating A B A B within each round:
   - batches: sessiond's batch of 100 ticks against single ticks, in operations per second;
   - Redis bytes per live session: INFO used_memory before and after starting SESSIONS sessions
     (with everything sessiond keeps for them), on a redis-server of its own.
-It prints req/s, p50 and p99 per round, the ratio to the reference, and the medians as markdown
-(the form BENCHMARKS.md keeps). Needs wrk (apt-get install wrk) and redis-server.
+It prints req/s, p50 and p99 per round, the ratio to the reference, the medians, and the CPU
+time the server and Redis spent per request (from /proc), as markdown (the form BENCHMARKS.md
+keeps). Needs wrk (apt-get install wrk) and redis-server.
 
     python3 bench/run.py [--rounds 3] [--seconds 10] [--connections 64] [--sessions 1000000]
 """
@@ -57,12 +58,14 @@ class Processes:
     def __init__(self, work):
         self.work = work
         self.procs = []
+        self.pids = {}  # base URL or socket path -> pid, for CPU accounting
 
     def redis(self, name):
         sock = os.path.join(self.work, f"{name}.sock")
         self.procs.append(subprocess.Popen(
             ["redis-server", "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no",
              "--dir", self.work, "--dbfilename", f"{name}.rdb"], stdout=subprocess.DEVNULL))
+        self.pids[sock] = self.procs[-1].pid
         for _ in range(200):
             if os.path.exists(sock):
                 break
@@ -75,6 +78,7 @@ class Processes:
         self.procs.append(subprocess.Popen(
             [a.replace("PORT", str(port)) for a in args], env=full_env, stdout=subprocess.DEVNULL))
         base = f"http://127.0.0.1:{port}"
+        self.pids[base] = self.procs[-1].pid
         wait_http(base + "/healthz" if "sessiond" in args[0] else base + probe, args[0])
         return base
 
@@ -98,13 +102,25 @@ end
     return path
 
 
-def wrk(url, script, seconds, connections):
-    """Runs wrk after a short warm-up; returns (req/s, p50 ms, p99 ms)."""
+def cpu_seconds(pid):
+    """User plus system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, script, seconds, connections, pids=()):
+    """Runs wrk after a short warm-up; returns (req/s, p50 ms, p99 ms, CPU us per request of
+    each process in `pids`)."""
     base = ["wrk", "-t2", f"-c{connections}", "-s", script]
     subprocess.run(base + ["-d2s", url], capture_output=True, check=True)
+    before = [cpu_seconds(pid) for pid in pids]
     out = subprocess.run(base + [f"-d{seconds}s", "--latency", url], capture_output=True, text=True,
                          check=True).stdout
+    after = [cpu_seconds(pid) for pid in pids]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu = [(a - b) * 1e6 / requests for a, b in zip(after, before)]
 
     def pct(p):
         value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
@@ -113,7 +129,7 @@ def wrk(url, script, seconds, connections):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         sys.exit(f"{url}: {errors.group(1)} error responses\n{out}")
-    return rps, pct(50), pct(99)
+    return rps, pct(50), pct(99), cpu
 
 
 def post(base, path, body):
@@ -190,16 +206,24 @@ def main():
         print("| round | A | req/s | p50 ms | p99 ms | B | req/s | p50 ms | p99 ms | B/A req/s | B/A p99 |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         batch_ratios = []
+        cpu = {}  # what was measured -> [(server us, Redis us) per request, per round]
+
+        def measured(name, target, path, script):
+            pids = [procs.pids[target]] + ([procs.pids[sock]] if "Redis" in name else [])
+            result = wrk(f"{target}{path}", script, args.seconds, args.connections, pids)
+            cpu.setdefault(name, []).append(result[3] + [0.0] * (2 - len(result[3])))
+            return result
+
         for r in range(1, args.rounds + 1):
             for a, b, op in pairs:
-                ra = wrk(f"{targets[a]}/v1/sessions/{op}", single, args.seconds, args.connections)
-                rb = wrk(f"{targets[b]}/v1/sessions/{op}", single, args.seconds, args.connections)
+                ra = measured(f"{a} {op}", targets[a], f"/v1/sessions/{op}", single)
+                rb = measured(f"{b} {op}", targets[b], f"/v1/sessions/{op}", single)
                 key = f"{b} {op}"
                 ratios.setdefault(key, []).append((rb[0] / ra[0], rb[2] / ra[2]))
                 print(f"| {r} | {a} | {ra[0]:,.0f} | {ra[1]:.2f} | {ra[2]:.2f} | {b} {op} | {rb[0]:,.0f} | "
                       f"{rb[1]:.2f} | {rb[2]:.2f} | {rb[0] / ra[0]:.2f} | {rb[2] / ra[2]:.2f} |")
                 if op == "tick" and b == "sessiond on Redis":
-                    bb = wrk(f"{targets[b]}/v1/sessions/batch", batch, args.seconds, args.connections)
+                    bb = measured(f"{b} batch of 100 ticks", targets[b], "/v1/sessions/batch", batch)
                     batch_ratios.append(bb[0] * 100 / rb[0])
                     print(f"| {r} | sessiond on Redis tick | {rb[0]:,.0f} | | | batch of 100 ticks | "
                           f"{bb[0]:,.0f} ({bb[0] * 100:,.0f} ops/s) | {bb[1]:.2f} | {bb[2]:.2f} | "
@@ -211,6 +235,12 @@ def main():
             print(f"| {key} | {statistics.median(v[0] for v in values):.2f} | "
                   f"{statistics.median(v[1] for v in values):.2f} |")
         print(f"| batch of 100, operations/s over single ticks | {statistics.median(batch_ratios):.1f} | |")
+        print("\nCPU time per request (us, medians; a batch request carries 100 operations):\n")
+        print("| measured | server process | redis-server |")
+        print("|---|---|---|")
+        for name, values in cpu.items():
+            print(f"| {name} | {statistics.median(v[0] for v in values):.1f} | "
+                  f"{statistics.median(v[1] for v in values):.1f} |")
         if args.sessions:
             per, keys = bytes_per_session(procs, binary, args.sessions)
             print(f"\nRedis: {per:.0f} bytes per live session (used_memory delta over {args.sessions:,} "
