@@ -440,7 +440,10 @@ async fn a_long_batch_keeps_each_clients_calls_in_order(store: Store) {
         mine[..=120].iter().all(|r| r["session_id"] == *first),
         "one session until the end call"
     );
-    assert!(mine[120]["ended_at"].is_string(), "the end call answers the ended session");
+    assert!(
+        mine[120]["ended_at"].is_string(),
+        "the end call answers the ended session"
+    );
     let second = &mine[121];
     assert_eq!(second["created"], true);
     assert_eq!(second["index"], 2);
