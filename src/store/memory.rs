@@ -125,6 +125,21 @@ struct Keyspace {
     stats: HashMap<i64, HashMap<String, i64>>,
 }
 
+/// Sets a client record's expiry, as a Redis key's TTL is set on every save. The expiry index
+/// is lazy: a later expiry leaves the old entry for `purge` to move on; only an earlier one
+/// needs an entry of its own.
+fn set_client_expiry(
+    expiries: &mut BTreeSet<(i64, Record)>,
+    tag: &Tag,
+    record: &mut Expiring<SessionState>,
+    expires_at: i64,
+) {
+    if expires_at < record.expires_at {
+        expiries.insert((expires_at, Record::Client(tag.clone())));
+    }
+    record.expires_at = expires_at;
+}
+
 /// Whether an archived (ended) session is still readable by id at `now`.
 fn still_retained(session: &SessionState, now: i64, session_retention: i64) -> bool {
     session
@@ -232,20 +247,14 @@ impl Keyspace {
             .find(|s| s.id == *id && still_retained(s, now, session_retention))
     }
 
-    /// Stores the client's current session with the expiry the Redis store gives it. The
-    /// expiry index is lazy, as a tick extends the expiry every time: it gains an entry only
-    /// for a new record or an earlier expiry, and `purge` moves stale entries on.
+    /// Stores the client's current session with the expiry the Redis store gives it.
     fn save_current(&mut self, tag: &Tag, session: SessionState, expires_at: i64) {
         if let Some(record) = self.clients.get_mut(tag) {
             if record.value.id != session.id {
                 self.ids.insert(session.id.clone(), tag.clone());
             }
-            if expires_at < record.expires_at {
-                self.expiries
-                    .insert((expires_at, Record::Client(tag.clone())));
-            }
             record.value = session;
-            record.expires_at = expires_at;
+            set_client_expiry(&mut self.expiries, tag, record, expires_at);
             return;
         }
         self.ids.insert(session.id.clone(), tag.clone());
@@ -408,8 +417,8 @@ impl MemoryStore {
                     return Outcome::NoLiveSession;
                 };
                 let changed = apply_update(&mut record.value, update, user_id, now);
-                // Activity only moves the expiry later, so the lazy expiry index holds.
-                record.expires_at = record.expires_at.max(keep_until(&record.value));
+                let expires_at = keep_until(&record.value);
+                set_client_expiry(&mut ks.expiries, &tag, record, expires_at);
                 let s = record.value.clone();
                 if changed && update.bind_user {
                     ks.count(stats::user_marks(ns, &s));

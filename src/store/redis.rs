@@ -330,9 +330,10 @@ impl RedisStore {
             }
             Reply::NoLive => Outcome::NoLiveSession,
             Reply::Unknown => Outcome::UnknownSession,
+            // Callers settle both before: an id is reserved, a held-back call runs alone.
             Reply::NeedId | Reply::Skipped => {
                 return Err(StoreError::Failed(
-                    "the script asked twice for an id".into(),
+                    "the script asked for an id again, or held back a call made alone".into(),
                 ));
             }
         };
