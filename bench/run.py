@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "bench-secret-0123456789"
+# Every request of a benchmark comes from one address, so the abuse limits are off.
+LOAD_CONFIG = os.path.join(ROOT, "deploy", "k6", "load-test.toml")
 POOL = 10_000
 
 
@@ -149,12 +151,12 @@ def bytes_per_session(procs, binary, sessions):
     sock = procs.redis("memory")
     base = procs.start([binary, "--listen", "127.0.0.1:PORT", "--redis-url", f"redis+unix://{sock}"],
                        env={"SESSIOND_SECRET": SECRET})
-    post(base, "/v1/sessions/tick", {"client": "warm-up"})
+    post(base, "/v1/sessions/tick", {"client": "bench-warm-up-client"})
     before = redis_info(sock, "used_memory")
     attrs = {"release": "1.4.2", "environment": "production", "platform": "web"}
 
     def batch(n):
-        ops = [{"op": "tick", "client": f"mem-{n}-{i}", "attributes": attrs} for i in range(1000)]
+        ops = [{"op": "tick", "client": f"bench-memory-{n:04d}-{i:04d}", "attributes": attrs} for i in range(1000)]
         post(base, "/v1/sessions/batch", {"operations": ops})
 
     with ThreadPoolExecutor(8) as pool:
@@ -186,13 +188,14 @@ def main():
         targets = {
             "reference (Redis)": procs.start([reference, "--mode", "redis", "--listen", "127.0.0.1:PORT",
                                               "--redis-url", f"redis+unix://{sock}"]),
-            "sessiond on Redis": procs.start([binary, "--listen", "127.0.0.1:PORT", "--redis-url",
-                                              f"redis+unix://{sock}"], env={"SESSIOND_SECRET": SECRET}),
+            "sessiond on Redis": procs.start([binary, "--listen", "127.0.0.1:PORT", "--config", LOAD_CONFIG,
+                                              "--redis-url", f"redis+unix://{sock}"],
+                                             env={"SESSIOND_SECRET": SECRET}),
             "reference (no store)": procs.start([reference, "--mode", "none", "--listen", "127.0.0.1:PORT"]),
-            "sessiond in memory": procs.start([binary, "--listen", "127.0.0.1:PORT"]),
+            "sessiond in memory": procs.start([binary, "--listen", "127.0.0.1:PORT", "--config", LOAD_CONFIG]),
         }
-        single = wrk_script(work, "single", f'string.format(\'{{"client":"bench-%05d"}}\', counter % {POOL})')
-        ops = ",".join(['{"op":"tick","client":"bench-%05d"}'] * 100)
+        single = wrk_script(work, "single", f'string.format(\'{{"client":"bench-client-%05d"}}\', counter % {POOL})')
+        ops = ",".join(['{"op":"tick","client":"bench-client-%05d"}'] * 100)
         fmt_args = ", ".join([f"(counter * 100 + {i}) % {POOL}" for i in range(100)])
         batch = wrk_script(work, "batch", f"string.format('{{\"operations\":[{ops}]}}', {fmt_args})")
         pairs = [

@@ -9,8 +9,13 @@ use clap::Parser;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use std::num::NonZeroU32;
+
+use ipnet::IpNet;
+
 use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{Mode, Namespace, OnUserChange, Policy};
+use crate::limits::{LimitSettings, Rate};
 use crate::store::Retention;
 
 /// sessiond: the single authority for activity-session identifiers.
@@ -34,10 +39,20 @@ pub struct Cli {
     /// Secret keying the client hash; overrides the file's `secret`.
     #[arg(long, env = "SESSIOND_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A file holding the secret (a mounted secret, say); trailing whitespace is dropped.
+    #[arg(long, env = "SESSIOND_SECRET_FILE", conflicts_with = "secret")]
+    pub secret_file: Option<PathBuf>,
     /// Bearer token the admin calls (lookup, events, stats) require; overrides the file's
     /// `admin_token`.
     #[arg(long, env = "SESSIOND_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token; trailing whitespace is dropped.
+    #[arg(
+        long,
+        env = "SESSIOND_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "SESSIOND_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -106,6 +121,7 @@ pub struct Settings {
     pub body_limit: usize,
     pub max_batch: usize,
     pub min_client_length: usize,
+    pub limits: LimitSettings,
     /// None only for the in-memory store, which then draws one per process.
     pub secret: Option<SecretString>,
     /// When set, lookup, events and stats require it as a bearer token.
@@ -181,7 +197,82 @@ pub struct FileConfig {
     events_max_len: Option<usize>,
     workers: Option<usize>,
     #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
     namespaces: BTreeMap<String, NamespaceFile>,
+}
+
+/// `[limits]`: abuse limits; 0 turns a rate or the cap off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    client_per_second: Option<f64>,
+    client_burst: Option<u32>,
+    address_per_second: Option<f64>,
+    address_burst: Option<u32>,
+    new_clients_per_address_per_minute: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
+    address_header: Option<String>,
+}
+
+impl LimitsFile {
+    fn validate(self) -> Result<LimitSettings, ConfigError> {
+        fn rate(per_second: f64, burst: u32, name: &str) -> Result<Option<Rate>, ConfigError> {
+            if per_second == 0.0 {
+                return Ok(None);
+            }
+            let burst = NonZeroU32::new(burst)
+                .ok_or_else(|| invalid(format!("limits.{name}_burst"), "must be at least 1"))?;
+            let rate = (per_second > 0.0)
+                .then(|| Rate::per_second(per_second, burst))
+                .flatten();
+            rate.map(Some).ok_or_else(|| {
+                invalid(
+                    format!("limits.{name}_per_second"),
+                    "must be a positive number of calls per second, or 0 for no limit",
+                )
+            })
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|raw| {
+                raw.parse::<IpNet>()
+                    .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "limits.trusted_proxies",
+                            format!("{raw:?} is not an address or a network like 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let address_header = self
+            .address_header
+            .unwrap_or_else(|| "x-forwarded-for".into())
+            .to_ascii_lowercase();
+        if actix_web::http::header::HeaderName::from_bytes(address_header.as_bytes()).is_err() {
+            return Err(invalid("limits.address_header", "is not a header name"));
+        }
+        Ok(LimitSettings {
+            client: rate(
+                self.client_per_second.unwrap_or(10.0),
+                self.client_burst.unwrap_or(60),
+                "client",
+            )?,
+            address: rate(
+                self.address_per_second.unwrap_or(200.0),
+                self.address_burst.unwrap_or(1000),
+                "address",
+            )?,
+            new_clients_per_minute: NonZeroU32::new(
+                self.new_clients_per_address_per_minute.unwrap_or(300),
+            ),
+            trusted_proxies,
+            address_header,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,8 +317,12 @@ impl Settings {
                 (None, None) => None,
             },
             Secrets {
-                secret: cli.secret.clone(),
-                admin_token: cli.admin_token.clone(),
+                secret: secret_from(&cli.secret, &cli.secret_file, "secret_file")?,
+                admin_token: secret_from(
+                    &cli.admin_token,
+                    &cli.admin_token_file,
+                    "admin_token_file",
+                )?,
             },
         )
     }
@@ -284,10 +379,11 @@ impl Settings {
         if !(1..=10_000).contains(&max_batch) {
             return Err(invalid("max_batch", "must be between 1 and 10000"));
         }
-        let min_client_length = file.min_client_length.unwrap_or(1);
+        let min_client_length = file.min_client_length.unwrap_or(16);
         if !(1..=128).contains(&min_client_length) {
             return Err(invalid("min_client_length", "must be between 1 and 128"));
         }
+        let limits = file.limits.validate()?;
         let key_prefix = file.key_prefix.unwrap_or_else(|| "sd".into());
         if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
@@ -352,6 +448,7 @@ impl Settings {
             body_limit,
             max_batch,
             min_client_length,
+            limits,
             secret: secret.map(SecretString::from),
             admin_token: admin_token.map(SecretString::from),
             sweep_interval,
@@ -359,6 +456,22 @@ impl Settings {
             namespaces,
         })
     }
+}
+
+/// A secret given as a value or as a file holding it (the command line forbids both).
+fn secret_from(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = file else {
+        return Ok(value.clone());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        // The path may be named; the content never is.
+        invalid(key, format!("cannot read {}: {e}", path.display()))
+    })?;
+    Ok(Some(text.trim_end().to_owned()))
 }
 
 impl NamespaceFile {
@@ -565,5 +678,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`secret`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_without_their_trailing_newline() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        let token = dir.path().join("token");
+        std::fs::write(&secret, "a-secret-from-a-mounted-file\n").unwrap();
+        std::fs::write(&token, "an-admin-token-from-a-file\n").unwrap();
+        let cli = Cli::parse_from([
+            "sessiond".as_ref(),
+            "--redis-url".as_ref(),
+            "redis://h".as_ref(),
+            "--secret-file".as_ref(),
+            secret.as_os_str(),
+            "--admin-token-file".as_ref(),
+            token.as_os_str(),
+        ]);
+        let settings = Settings::load(&cli).unwrap();
+        let exposed = settings.secret.as_ref().unwrap().expose_secret();
+        assert_eq!(exposed, "a-secret-from-a-mounted-file");
+        let exposed = settings.admin_token.as_ref().unwrap().expose_secret();
+        assert_eq!(exposed, "an-admin-token-from-a-file");
+        // Neither value may reach a log line through Debug.
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("mounted-file") && !printed.contains("admin-token-from"));
+
+        let missing = dir.path().join("missing");
+        let cli = Cli::parse_from([
+            "sessiond".as_ref(),
+            "--secret-file".as_ref(),
+            missing.as_os_str(),
+        ]);
+        let err = Settings::load(&cli).unwrap_err().to_string();
+        assert!(
+            err.contains("`secret_file`") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod limits;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{RedisSettings, Settings};
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::{self, AppState};
+use crate::limits::Limiter;
 use crate::store::redis::Target;
 use crate::store::{MemoryStore, Policies, RedisStore, SessionStore};
 use crate::telemetry::Metrics;
@@ -103,9 +104,11 @@ impl Application {
             ids,
             clock: clock.clone(),
             metrics: Arc::new(Metrics::new(store.kind())),
+            limiter: Arc::new(Limiter::new(&settings.limits)),
             settings: Arc::new(settings.clone()),
         });
         spawn_sweeper(Arc::downgrade(&state.clone().into_inner()));
+        spawn_limit_tidier(Arc::downgrade(&state.limiter));
         let probe = state.clone();
         tokio::spawn(async move {
             let answered = probe.store.ping().await;
@@ -175,6 +178,20 @@ fn spawn_janitor(store: std::sync::Weak<MemoryStore>) {
 /// Finalizes sessions that idled out while their clients stayed away: every
 /// `sweep_interval`, and at once again while a sweep leaves a backlog. Every instance
 /// sweeps; the store makes each finalization happen once. Ends with the application.
+/// Drops the rate-limit state of callers gone quiet, every ten seconds.
+fn spawn_limit_tidier(limiter: std::sync::Weak<Limiter>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            ticks.tick().await;
+            let Some(limiter) = limiter.upgrade() else {
+                return;
+            };
+            limiter.tidy();
+        }
+    });
+}
+
 fn spawn_sweeper(state: std::sync::Weak<AppState>) {
     tokio::spawn(async move {
         let Some(interval) = state.upgrade().map(|s| s.settings.sweep_interval) else {

@@ -60,6 +60,12 @@ pub struct Metrics {
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub store_up: Gauge,
     pub swept_sessions: Counter,
+    pub rate_limited: Family<LimitLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
 }
 
 fn request_histogram() -> Histogram {
@@ -110,9 +116,16 @@ impl Metrics {
             "Sessions this instance's sweeper finalized after they idled out",
             swept_sessions.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Calls refused with 429, by the limit that refused them (client, address, new_clients)",
+            rate_limited.clone(),
+        );
         Self {
             registry,
             swept_sessions,
+            rate_limited,
             request_duration,
             sessions_created,
             provisional_sessions,

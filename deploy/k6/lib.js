@@ -44,5 +44,5 @@ export function steadyRate(rate, duration, vus, maxVus) {
 
 /** A client key from a pool of `size` keys, so load revisits clients as instruments do. */
 export function clientFrom(size) {
-  return `k6-client-${Math.floor(Math.random() * size)}`;
+  return `k6-client-${String(Math.floor(Math.random() * size)).padStart(8, '0')}`;
 }

@@ -33,7 +33,7 @@ export function setup() {
 export default function (data) {
   const n = Math.floor(Math.random() * CLIENTS);
   const call = Math.random() < 0.5 ? 'current' : 'tick';
-  const res = post(`/v1/sessions/${call}`, { client: `k6-race-${data.run}-${n}` }, call);
+  const res = post(`/v1/sessions/${call}`, { client: `k6-race-${data.run}-${String(n).padStart(4, '0')}` }, call);
   check(res, {
     'answered 200': (r) => r.status === 200,
     'the first session, never a second one': (r) => r.status === 200 && r.json('index') === 1,

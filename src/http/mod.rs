@@ -6,6 +6,7 @@ pub mod cors;
 pub mod lookup;
 pub mod problem;
 pub mod sessions;
+pub mod source;
 pub mod system;
 pub mod views;
 
@@ -20,8 +21,9 @@ use actix_web::{HttpRequest, Route, web};
 
 use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource};
+use crate::limits::{Limited, Limiter};
 use crate::store::{SessionStore, StoreError};
-use crate::telemetry::{Metrics, StoreErrorLabels};
+use crate::telemetry::{LimitLabels, Metrics, StoreErrorLabels};
 use problem::ApiError;
 use sessions::OpName;
 
@@ -33,6 +35,7 @@ pub struct AppState {
     pub ids: Arc<dyn IdSource>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
 }
 
 impl AppState {
@@ -57,6 +60,19 @@ impl AppState {
                     .inc();
             }
         }
+    }
+}
+
+impl AppState {
+    /// Counts a refusal and turns it into its answer.
+    pub fn refuse(&self, limited: Limited) -> ApiError {
+        self.metrics
+            .rate_limited
+            .get_or_create(&LimitLabels {
+                limit: limited.kind.as_str(),
+            })
+            .inc();
+        ApiError::RateLimited(limited)
     }
 }
 

@@ -5,7 +5,17 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::limits::{LimitKind, Limited};
 use crate::store::StoreError;
+
+fn rate_limited_detail(limited: &Limited) -> String {
+    let what = match limited.kind {
+        LimitKind::Client => "too many calls for this client",
+        LimitKind::Address => "too many calls from this address",
+        LimitKind::NewClients => "too many new clients from this address this minute",
+    };
+    format!("{what}; retry in {} s", limited.retry_after_seconds())
+}
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -47,6 +57,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("origin {0:?} is not allowed for this namespace")]
     OriginNotAllowed(String),
+    #[error("{}", rate_limited_detail(.0))]
+    RateLimited(Limited),
     #[error("the session store is unavailable; retry shortly")]
     StoreUnavailable,
     #[error("an internal error occurred")]
@@ -74,6 +86,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::OriginNotAllowed(_) => ("origin-not-allowed", "Origin not allowed"),
+            Self::RateLimited(_) => ("rate-limited", "Too many requests"),
             Self::StoreUnavailable => ("store-unavailable", "The session store is unavailable"),
             Self::Internal => ("internal", "Internal error"),
         }
@@ -110,6 +123,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,6 +136,12 @@ impl ResponseError for ApiError {
             Self::StoreUnavailable => {
                 response
                     .insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+            }
+            Self::RateLimited(limited) => {
+                response.insert_header((
+                    header::RETRY_AFTER,
+                    HeaderValue::from(limited.retry_after_seconds()),
+                ));
             }
             Self::Unauthorized => {
                 response

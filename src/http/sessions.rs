@@ -1,10 +1,13 @@
 //! The session calls: current, tick, foreground, background, end, report, and batch.
 
+use std::net::IpAddr;
+
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::body::{JsonBody, decode_value, truncate};
 use super::problem::{ApiError, Problem};
+use super::source::source_address;
 use super::views::{SessionBody, SessionRecord};
 use super::{AppState, cors};
 use crate::config::OnStoreError;
@@ -232,9 +235,18 @@ impl AppState {
         }
     }
 
+    /// Admits a validated call past the client's rate limit and its address's new-client cap.
+    fn admit(&self, source: Option<IpAddr>, call: &ParsedCall) -> Result<(), ApiError> {
+        let minted = call.minted.is_some();
+        self.limiter
+            .check_call(source, &call.command.client, minted, self.clock.now_ms())
+            .map_err(|limited| self.refuse(limited))
+    }
+
     /// Turns a store's answer into the response body.
     fn answer(
         &self,
+        source: Option<IpAddr>,
         call: ParsedCall,
         outcome: Result<Outcome, StoreError>,
     ) -> Result<SessionBody, ApiError> {
@@ -254,6 +266,11 @@ impl AppState {
                 let namespace = call.command.namespace.as_str();
                 if created {
                     self.metrics.count_created(namespace, session.reason);
+                    if session.reason == Reason::NewClient {
+                        let now = self.clock.now_ms();
+                        self.limiter
+                            .count_new_client(source, &call.command.client, now);
+                    }
                 }
                 Ok(SessionBody {
                     record: SessionRecord::at(namespace, &session, &call.command.policy, now),
@@ -287,9 +304,12 @@ pub async fn call(
             "names the call only in batch operations",
         ));
     }
+    let source = source_address(&req, &state.settings.limits);
+    (state.limiter.check_address(source, 1)).map_err(|limited| state.refuse(limited))?;
     let parsed = state.parse_call(&req, op, body, "").await?;
+    state.admit(source, &parsed)?;
     let outcome = state.store.execute(&parsed.command).await;
-    let body = state.answer(parsed, outcome)?;
+    let body = state.answer(source, parsed, outcome)?;
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -325,12 +345,18 @@ pub async fn batch(
             format!("holds at most {max} operations"),
         ));
     }
+    let source = source_address(&req, &state.settings.limits);
+    (state.limiter.check_address(source, body.operations.len()))
+        .map_err(|limited| state.refuse(limited))?;
     let mut parsed: Vec<Result<ParsedCall, ApiError>> = Vec::with_capacity(body.operations.len());
     for (i, value) in body.operations.into_iter().enumerate() {
         let prefix = format!("operations[{i}].");
         let call = match decode_value::<CallBody>(value, &format!("operations[{i}]")) {
             Ok(body) => match body.op {
-                Some(op) => state.parse_call(&req, op, body, &prefix).await,
+                Some(op) => match state.parse_call(&req, op, body, &prefix).await {
+                    Ok(call) => state.admit(source, &call).map(|()| call),
+                    Err(e) => Err(e),
+                },
                 None => Err(ApiError::invalid(
                     format!("{prefix}op"),
                     "is required in a batch operation",
@@ -355,7 +381,7 @@ pub async fn batch(
                         "the store answered fewer operations than it was given".into(),
                     ))
                 });
-                state.answer(call, outcome)
+                state.answer(source, call, outcome)
             });
             match answered {
                 Ok(session) => BatchResult::Session(Box::new(session)),

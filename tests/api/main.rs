@@ -6,6 +6,7 @@ mod redis_cluster;
 mod redis_server;
 mod spec;
 
+mod abuse;
 mod bad_input;
 mod behaviour;
 mod cluster;

@@ -1,0 +1,311 @@
+//! Abuse limits: rate limits per client and per source address, and a cap on the new clients
+//! one address may create per minute, so a public deployment survives hostile callers.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use ipnet::IpNet;
+use parking_lot::Mutex;
+
+use crate::domain::ClientHash;
+
+/// A sustained rate with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// One call's allowance comes back after this long.
+    pub period: Duration,
+    pub burst: NonZeroU32,
+}
+
+impl Rate {
+    /// A rate of calls per second (above zero, and finite), with a burst.
+    pub fn per_second(per_second: f64, burst: NonZeroU32) -> Option<Self> {
+        let period = Duration::try_from_secs_f64(1.0 / per_second).ok()?;
+        (!period.is_zero()).then_some(Self { period, burst })
+    }
+
+    fn quota(self) -> Quota {
+        Quota::with_period(self.period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(self.burst)
+    }
+}
+
+/// The configured limits; `None` turns one off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSettings {
+    /// Calls per client key.
+    pub client: Option<Rate>,
+    /// Calls per source address (a batch counts each of its operations).
+    pub address: Option<Rate>,
+    /// Clients one address may create per minute.
+    pub new_clients_per_minute: Option<NonZeroU32>,
+    /// Proxies whose address header is believed; from anyone else the socket's address counts.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header a trusted proxy writes the caller's address into (lower case).
+    pub address_header: String,
+}
+
+impl LimitSettings {
+    /// Every limit off, for load tests from one address.
+    pub fn off() -> Self {
+        Self {
+            client: None,
+            address: None,
+            new_clients_per_minute: None,
+            trusted_proxies: Vec::new(),
+            address_header: "x-forwarded-for".into(),
+        }
+    }
+}
+
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Client,
+    Address,
+    NewClients,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Address => "address",
+            Self::NewClients => "new_clients",
+        }
+    }
+}
+
+/// A refused call, and when the caller may try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub kind: LimitKind,
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// Whole seconds for `Retry-After`, rounded up and at least one.
+    pub fn retry_after_seconds(&self) -> u64 {
+        self.retry_after.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+/// Clients seen from one address in the current minute, so that once the address has
+/// created its share of new clients, the clients it already brought keep working.
+#[derive(Default)]
+struct AddressMinute {
+    new_clients: u32,
+    seen: HashSet<ClientHash, foldhash::fast::RandomState>,
+}
+
+#[derive(Default)]
+struct Minute {
+    /// Minutes since the Unix epoch, on the service's clock.
+    number: i64,
+    addresses: std::collections::HashMap<IpAddr, AddressMinute, foldhash::fast::RandomState>,
+}
+
+/// Enforces [`LimitSettings`]. Shared by every worker.
+pub struct Limiter {
+    client: Option<(DefaultKeyedRateLimiter<ClientHash>, Rate)>,
+    address: Option<(DefaultKeyedRateLimiter<IpAddr>, Rate)>,
+    new_clients_cap: Option<NonZeroU32>,
+    minute: Mutex<Minute>,
+}
+
+/// Seen clients kept per address and minute, in multiples of the new-client cap: enough for
+/// a busy shared address, bounded for a hostile one.
+const SEEN_PER_CAP: u32 = 16;
+
+impl Limiter {
+    pub fn new(settings: &LimitSettings) -> Self {
+        Self {
+            client: settings
+                .client
+                .map(|r| (DefaultKeyedRateLimiter::keyed(r.quota()), r)),
+            address: settings
+                .address
+                .map(|r| (DefaultKeyedRateLimiter::keyed(r.quota()), r)),
+            new_clients_cap: settings.new_clients_per_minute,
+            minute: Mutex::new(Minute::default()),
+        }
+    }
+
+    /// Takes `calls` from the address's allowance (a batch larger than the burst takes all of it).
+    pub fn check_address(&self, address: Option<IpAddr>, calls: usize) -> Result<(), Limited> {
+        let (Some((limiter, rate)), Some(address)) = (&self.address, address) else {
+            return Ok(());
+        };
+        let calls = u32::try_from(calls)
+            .unwrap_or(u32::MAX)
+            .min(rate.burst.get());
+        let calls = NonZeroU32::new(calls).unwrap_or(NonZeroU32::MIN);
+        match limiter.check_key_n(&address, calls) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Limited {
+                kind: LimitKind::Address,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }),
+            // Cannot happen: calls is at most the burst. Refuse for a second rather than panic.
+            Err(_) => Err(Limited {
+                kind: LimitKind::Address,
+                retry_after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// Takes one call from the client's allowance, and admits the client against its address's
+    /// new-client cap. `minted` clients are new by definition.
+    pub fn check_call(
+        &self,
+        address: Option<IpAddr>,
+        client: &ClientHash,
+        minted: bool,
+        now_ms: i64,
+    ) -> Result<(), Limited> {
+        if let Some((limiter, _)) = &self.client
+            && let Err(not_until) = limiter.check_key(client)
+        {
+            return Err(Limited {
+                kind: LimitKind::Client,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            });
+        }
+        let (Some(cap), Some(address)) = (self.new_clients_cap, address) else {
+            return Ok(());
+        };
+        let mut minute = self.minute_at(now_ms);
+        let entry = minute.addresses.entry(address).or_default();
+        if entry.new_clients < cap.get() || (!minted && entry.seen.contains(client)) {
+            if !minted && entry.seen.len() < (cap.get() * SEEN_PER_CAP) as usize {
+                entry.seen.insert(client.clone());
+            }
+            return Ok(());
+        }
+        Err(Limited {
+            kind: LimitKind::NewClients,
+            retry_after: Duration::from_millis((60_000 - now_ms.rem_euclid(60_000)) as u64),
+        })
+    }
+
+    /// Counts a client the store has just created for this address.
+    pub fn count_new_client(&self, address: Option<IpAddr>, client: &ClientHash, now_ms: i64) {
+        let (Some(_), Some(address)) = (self.new_clients_cap, address) else {
+            return;
+        };
+        let mut minute = self.minute_at(now_ms);
+        let entry = minute.addresses.entry(address).or_default();
+        entry.new_clients = entry.new_clients.saturating_add(1);
+        entry.seen.insert(client.clone());
+    }
+
+    /// The current minute's table, emptied when the minute has turned.
+    fn minute_at(&self, now_ms: i64) -> parking_lot::MutexGuard<'_, Minute> {
+        let number = now_ms.div_euclid(60_000);
+        let mut minute = self.minute.lock();
+        if minute.number != number {
+            minute.number = number;
+            minute.addresses = Default::default();
+        }
+        minute
+    }
+
+    /// Forgets rate-limit state that has fully recovered, so memory follows the callers of
+    /// the last moments, not every caller ever seen.
+    pub fn tidy(&self) {
+        if let Some((limiter, _)) = &self.client {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some((limiter, _)) = &self.address {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ClientHasher, ClientKey};
+
+    fn rate(per_second: f64, burst: u32) -> Option<Rate> {
+        Rate::per_second(per_second, NonZeroU32::new(burst).unwrap())
+    }
+
+    fn client(name: &str) -> ClientHash {
+        ClientHasher::new(&"limits-test-secret-0123".into())
+            .hash(&ClientKey::parse(name, 1).unwrap())
+    }
+
+    const HOME: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)));
+    const OTHER: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8)));
+
+    #[test]
+    fn a_client_over_its_burst_waits_and_others_do_not() {
+        let limiter = Limiter::new(&LimitSettings {
+            client: rate(1.0, 3),
+            ..LimitSettings::off()
+        });
+        for _ in 0..3 {
+            limiter.check_call(HOME, &client("a"), false, 0).unwrap();
+        }
+        let refused = limiter
+            .check_call(HOME, &client("a"), false, 0)
+            .unwrap_err();
+        assert_eq!(refused.kind, LimitKind::Client);
+        assert!(
+            refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1)
+        );
+        limiter.check_call(HOME, &client("b"), false, 0).unwrap();
+    }
+
+    #[test]
+    fn an_address_pays_for_each_operation_of_a_batch() {
+        let limiter = Limiter::new(&LimitSettings {
+            address: rate(1.0, 10),
+            ..LimitSettings::off()
+        });
+        limiter.check_address(HOME, 8).unwrap();
+        assert_eq!(
+            limiter.check_address(HOME, 3).unwrap_err().kind,
+            LimitKind::Address
+        );
+        limiter.check_address(OTHER, 1000).unwrap();
+        limiter.check_address(None, 1).unwrap();
+    }
+
+    #[test]
+    fn an_address_over_its_new_clients_keeps_its_known_clients_until_the_minute_turns() {
+        let limiter = Limiter::new(&LimitSettings {
+            new_clients_per_minute: NonZeroU32::new(2),
+            ..LimitSettings::off()
+        });
+        let now = 120_000;
+        for name in ["a", "b"] {
+            limiter.check_call(HOME, &client(name), false, now).unwrap();
+            limiter.count_new_client(HOME, &client(name), now);
+        }
+        let refused = limiter
+            .check_call(HOME, &client("c"), false, now + 1_000)
+            .unwrap_err();
+        assert_eq!(refused.kind, LimitKind::NewClients);
+        assert_eq!(refused.retry_after, Duration::from_secs(59));
+        assert!(
+            limiter.check_call(HOME, &client("x"), true, now).is_err(),
+            "a minted client is new"
+        );
+        limiter
+            .check_call(HOME, &client("a"), false, now + 2_000)
+            .unwrap();
+        limiter.check_call(OTHER, &client("c"), false, now).unwrap();
+        limiter
+            .check_call(HOME, &client("c"), false, now + 60_000)
+            .unwrap();
+    }
+}
