@@ -156,6 +156,8 @@ local function decide(KEYS, ARGV)
   elseif op == 'background' and P.mode == 'background' and not s.bg then
     s.bg = now
     changed = true
+    -- Its idle clock starts: the sweeper must look at it then, not at its max duration.
+    redis.call('ZADD', H.prefix .. 'due', 'LT', (deadline(s, P)), member)
   end
   if not changed then return reply('s', raw) end
   local json, pointer = save(s)

@@ -12,8 +12,8 @@ use super::{
     Command, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept, policy_of,
 };
 use crate::domain::decision::{
-    Sweep, apply_update, deadline, effective_now, end, ended_at, finalize, finalized,
-    record_expires_at, retained_until, started, sweep,
+    BackgroundChange, Sweep, apply_update, deadline, effective_now, end, ended_at, finalize,
+    finalized, record_expires_at, retained_until, started, sweep,
 };
 use crate::domain::stats::{self, StatChange, StatsQuery, StatsSummary};
 use crate::domain::{
@@ -55,6 +55,13 @@ impl DueIndex {
             self.order.remove(&(old, tag.clone()));
         }
         self.order.insert((at, tag.clone()));
+    }
+
+    /// Moves a client's entry earlier (or adds it), never later.
+    fn set_earlier(&mut self, tag: &Tag, at: i64) {
+        if self.at.get(tag).is_none_or(|old| at < *old) {
+            self.set(tag, at);
+        }
     }
 
     /// Takes up to `limit` clients due at `now`.
@@ -420,6 +427,12 @@ impl MemoryStore {
                 let expires_at = keep_until(&record.value);
                 set_client_expiry(&mut ks.expiries, &tag, record, expires_at);
                 let s = record.value.clone();
+                // Its idle clock starts: the sweeper must look at it then, not at its max duration.
+                if update.background == BackgroundChange::Enter
+                    && let Some((at, _)) = deadline(&s, policy)
+                {
+                    ks.due.set_earlier(&tag, at);
+                }
                 if changed && update.bind_user {
                     ks.count(stats::user_marks(ns, &s));
                 }

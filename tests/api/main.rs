@@ -13,6 +13,7 @@ mod cluster;
 mod concurrency;
 mod contract;
 mod health;
+mod model;
 mod outage;
 mod process;
 mod redis_store;
