@@ -2,7 +2,8 @@
 # Installs what the tests need when it is missing (redis-server, and redis-cli to form a
 # cluster; k6 for the smoke), then runs every check: formatting, clippy with warnings as
 # errors, all tests (unit and integration, every store, against a redis-server and a Redis
-# Cluster the harness starts itself), and the k6 smoke script against the built binary.
+# Cluster the harness starts itself), the k6 smoke script against the built binary, and the
+# request fuzz target for a minute (installing cargo-fuzz when it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,4 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
 bash scripts/smoke.sh target/debug/sessiond
+bash scripts/fuzz.sh 60

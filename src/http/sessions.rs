@@ -34,7 +34,7 @@ pub enum OpName {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallBody {
-    op: Option<OpName>,
+    pub op: Option<OpName>,
     namespace: Option<String>,
     client: Option<String>,
     attributes: Option<AttributesBody>,
@@ -61,10 +61,113 @@ struct ParsedCall {
     on_store_error: OnStoreError,
 }
 
+/// A call whose fields are all valid; its namespace and client are resolved next.
+pub struct ValidCall {
+    op: Op,
+    attributes: Attributes,
+    client: Option<ClientKey>,
+    namespace: Option<String>,
+}
+
+/// Validates every field of a call, without the store. `prefix` names the place of the body
+/// within the request (a batch operation's index).
+pub fn validate_call(
+    op: OpName,
+    body: CallBody,
+    min_client_length: usize,
+    prefix: &str,
+) -> Result<ValidCall, ApiError> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let only = |present: bool, name: &str, calls: &str| {
+        if present {
+            Err(ApiError::invalid(
+                field(name),
+                format!("applies only to {calls}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if op != OpName::Current {
+        only(body.create.is_some(), "create", "current")?;
+    }
+    if op != OpName::End {
+        only(body.status.is_some(), "status", "end")?;
+    }
+    if !matches!(op, OpName::End | OpName::Report) {
+        only(body.session_id.is_some(), "session_id", "end and report")?;
+    }
+    if op == OpName::Report {
+        only(
+            body.attributes.is_some(),
+            "attributes",
+            "the session calls, not report",
+        )?;
+    } else {
+        only(body.errors.is_some(), "errors", "report")?;
+        only(body.crashed.is_some(), "crashed", "report")?;
+    }
+    let session_id = body
+        .session_id
+        .map(|raw| SessionId::parse(&raw).map_err(|e| ApiError::invalid(field("session_id"), e)))
+        .transpose()?;
+    let attrs = body.attributes.unwrap_or_default();
+    let attributes = Attributes::parse(
+        attrs.release,
+        attrs.environment,
+        attrs.platform,
+        attrs.user_id,
+    )
+    .map_err(|(name, e)| ApiError::invalid(field(&format!("attributes.{name}")), e))?;
+    let client = body
+        .client
+        .map(|raw| {
+            ClientKey::parse(&raw, min_client_length)
+                .map_err(|e| ApiError::invalid(field("client"), e))
+        })
+        .transpose()?;
+    let op = match op {
+        OpName::Current => Op::Current {
+            create: body.create.unwrap_or(true),
+        },
+        OpName::Tick => Op::Tick,
+        OpName::Foreground => Op::Foreground,
+        OpName::Background => Op::Background,
+        OpName::End => Op::End {
+            status: body.status.unwrap_or(EndStatus::Exited),
+            session_id,
+        },
+        OpName::Report => {
+            let errors = body.errors.unwrap_or(0);
+            if errors > Report::MAX_ERRORS {
+                return Err(ApiError::invalid(
+                    field("errors"),
+                    format!("is at most {} in one report", Report::MAX_ERRORS),
+                ));
+            }
+            let report = Report::new(errors, body.crashed.unwrap_or(false))
+                .map_err(|e| ApiError::invalid(field("errors"), e))?;
+            if client.is_none() && session_id.is_none() {
+                return Err(ApiError::invalid(
+                    field("client"),
+                    "a report names a client or a session_id",
+                ));
+            }
+            Op::Report { report, session_id }
+        }
+    };
+    Ok(ValidCall {
+        op,
+        attributes,
+        client,
+        namespace: body.namespace,
+    })
+}
+
 impl AppState {
-    /// Validates a call: every field, the namespace and the caller's origin. `prefix` names
-    /// the place of the body within the request (a batch operation's index). A report that
-    /// names a session but no client is resolved to the session's owner in the store.
+    /// Validates a call (every field, the namespace and the caller's origin) and resolves
+    /// its client. A report that names a session but no client is resolved to the session's
+    /// owner in the store.
     async fn parse_call(
         &self,
         req: &HttpRequest,
@@ -72,89 +175,14 @@ impl AppState {
         body: CallBody,
         prefix: &str,
     ) -> Result<ParsedCall, ApiError> {
-        let field = |name: &str| format!("{prefix}{name}");
-        let only = |present: bool, name: &str, calls: &str| {
-            if present {
-                Err(ApiError::invalid(
-                    field(name),
-                    format!("applies only to {calls}"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        if op != OpName::Current {
-            only(body.create.is_some(), "create", "current")?;
-        }
-        if op != OpName::End {
-            only(body.status.is_some(), "status", "end")?;
-        }
-        if !matches!(op, OpName::End | OpName::Report) {
-            only(body.session_id.is_some(), "session_id", "end and report")?;
-        }
-        if op == OpName::Report {
-            only(
-                body.attributes.is_some(),
-                "attributes",
-                "the session calls, not report",
-            )?;
-        } else {
-            only(body.errors.is_some(), "errors", "report")?;
-            only(body.crashed.is_some(), "crashed", "report")?;
-        }
-        let session_id = body
-            .session_id
-            .map(|raw| {
-                SessionId::parse(&raw).map_err(|e| ApiError::invalid(field("session_id"), e))
-            })
-            .transpose()?;
-        let attrs = body.attributes.unwrap_or_default();
-        let attributes = Attributes::parse(
-            attrs.release,
-            attrs.environment,
-            attrs.platform,
-            attrs.user_id,
-        )
-        .map_err(|(name, e)| ApiError::invalid(field(&format!("attributes.{name}")), e))?;
-        let client = body
-            .client
-            .map(|raw| {
-                ClientKey::parse(&raw, self.settings.min_client_length)
-                    .map_err(|e| ApiError::invalid(field("client"), e))
-            })
-            .transpose()?;
-        let op = match op {
-            OpName::Current => Op::Current {
-                create: body.create.unwrap_or(true),
-            },
-            OpName::Tick => Op::Tick,
-            OpName::Foreground => Op::Foreground,
-            OpName::Background => Op::Background,
-            OpName::End => Op::End {
-                status: body.status.unwrap_or(EndStatus::Exited),
-                session_id,
-            },
-            OpName::Report => {
-                let errors = body.errors.unwrap_or(0);
-                if errors > Report::MAX_ERRORS {
-                    return Err(ApiError::invalid(
-                        field("errors"),
-                        format!("is at most {} in one report", Report::MAX_ERRORS),
-                    ));
-                }
-                let report = Report::new(errors, body.crashed.unwrap_or(false))
-                    .map_err(|e| ApiError::invalid(field("errors"), e))?;
-                if client.is_none() && session_id.is_none() {
-                    return Err(ApiError::invalid(
-                        field("client"),
-                        "a report names a client or a session_id",
-                    ));
-                }
-                Op::Report { report, session_id }
-            }
-        };
+        let ValidCall {
+            op,
+            attributes,
+            client,
+            namespace,
+        } = validate_call(op, body, self.settings.min_client_length, prefix)?;
         let (namespace, client, minted) = match (client, &op) {
-            (Some(key), _) => (body.namespace, self.hasher.hash(&key), None),
+            (Some(key), _) => (namespace, self.hasher.hash(&key), None),
             (
                 None,
                 Op::Report {
@@ -162,19 +190,18 @@ impl AppState {
                     ..
                 },
             ) => {
-                let (namespace, hash) = self.owner(id).await?;
-                if body
-                    .namespace
+                let (owner_namespace, hash) = self.owner(id).await?;
+                if namespace
                     .as_deref()
-                    .is_some_and(|n| n != namespace.as_str())
+                    .is_some_and(|n| n != owner_namespace.as_str())
                 {
                     return Err(ApiError::SessionNotFound(id.to_string()));
                 }
-                (Some(namespace.to_string()), hash, None)
+                (Some(owner_namespace.to_string()), hash, None)
             }
             (None, _) => {
                 let key = self.ids.client_key();
-                (body.namespace, self.hasher.hash(&key), Some(key))
+                (namespace, self.hasher.hash(&key), Some(key))
             }
         };
         let raw_ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
@@ -316,7 +343,7 @@ pub async fn call(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    operations: Vec<serde_json::Value>,
+    pub operations: Vec<serde_json::Value>,
 }
 
 /// Each batch result is a session or a problem.
