@@ -16,6 +16,11 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The statuses the integration suite sees, for the API fuzzing's reachability check.
+export SESSIOND_SEEN_STATUSES
+SESSIOND_SEEN_STATUSES="$(mktemp)"
+trap 'rm -f "$SESSIOND_SEEN_STATUSES"' EXIT
 cargo test --locked
 bash scripts/smoke.sh target/debug/sessiond
+bash scripts/api-fuzz.sh target/debug/sessiond
 bash scripts/fuzz.sh 60

@@ -19,20 +19,21 @@ pub struct Attributes {
 pub enum InvalidAttribute {
     #[error("is empty")]
     Empty,
-    #[error("is longer than {} bytes", Attributes::MAX_LEN)]
+    #[error("is longer than {} characters", Attributes::MAX_LEN)]
     TooLong,
     #[error("contains a control character")]
     ControlCharacter,
 }
 
 impl Attributes {
+    /// In characters, as JSON Schema's maxLength counts them (at most 1 KiB of UTF-8).
     pub const MAX_LEN: usize = 256;
 
     /// Validates one attribute value; the caller names the field in its error.
     pub fn check(value: &str) -> Result<(), InvalidAttribute> {
         if value.is_empty() {
             Err(InvalidAttribute::Empty)
-        } else if value.len() > Self::MAX_LEN {
+        } else if value.len() > Self::MAX_LEN && value.chars().count() > Self::MAX_LEN {
             Err(InvalidAttribute::TooLong)
         } else if value.chars().any(char::is_control) {
             Err(InvalidAttribute::ControlCharacter)
@@ -78,6 +79,10 @@ mod tests {
         let err = Attributes::parse(None, None, None, Some("a\nb".into())).unwrap_err();
         assert_eq!(err, ("user_id", InvalidAttribute::ControlCharacter));
         let err = Attributes::parse(Some("x".repeat(257)), None, None, None).unwrap_err();
+        assert_eq!(err, ("release", InvalidAttribute::TooLong));
+        // Characters count, as in the API description, not bytes.
+        Attributes::parse(Some("é".repeat(256)), None, None, None).unwrap();
+        let err = Attributes::parse(Some("é".repeat(257)), None, None, None).unwrap_err();
         assert_eq!(err, ("release", InvalidAttribute::TooLong));
     }
 

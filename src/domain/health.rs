@@ -110,7 +110,11 @@ impl FromStr for EventId {
         let mut parts = raw.split('-');
         let mut next = || parts.next().ok_or(InvalidEventId);
         let (ms, seq, shard) = (next()?, next()?, next()?);
-        if parts.next().is_some() || [ms, seq, shard].iter().any(|p| p.starts_with('+')) {
+        // ASCII digits only, as many as the API description allows (and u64 and u16 hold).
+        let digits = |p: &str, most: usize| {
+            (1..=most).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
+        };
+        if parts.next().is_some() || !digits(ms, 19) || !digits(seq, 19) || !digits(shard, 3) {
             return Err(InvalidEventId);
         }
         Ok(Self {
@@ -244,6 +248,9 @@ mod tests {
             "1-0-70000",
             "-1-0-0",
             "+1-0-0",
+            "1-0-1000",
+            "99999999999999999999-0-0",
+            "\u{663}-0-0",
         ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad}");
         }

@@ -41,8 +41,45 @@ pub struct CallBody {
     create: Option<bool>,
     status: Option<EndStatus>,
     session_id: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     errors: Option<u64>,
     crashed: Option<bool>,
+}
+
+/// A count, also written as a whole float (`3.0`), which JSON Schema's `integer` admits.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct Count;
+    impl serde::de::Visitor<'_> for Count {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number of errors")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            u64::try_from(n)
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, f: f64) -> Result<Self::Value, E> {
+            // Exact below 2^53; a report's own limit is far below.
+            if f.fract() == 0.0 && (0.0..9.0e15).contains(&f) {
+                Ok(Some(f as u64))
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(f), &self))
+            }
+        }
+    }
+    d.deserialize_any(Count)
 }
 
 #[derive(Debug, Default, Deserialize)]

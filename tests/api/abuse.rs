@@ -16,6 +16,62 @@ on_every_store!(
     an_address_creating_too_many_clients_keeps_the_ones_it_has,
 );
 
+#[tokio::test]
+async fn every_session_call_refuses_a_body_over_the_limit_and_a_caller_over_its_rate() {
+    let app = spawn_app(
+        Store::Memory,
+        "body_limit = 1024\n[limits]\nclient_per_second = 0.0167\nclient_burst = 1\n",
+    )
+    .await;
+    let calls = [
+        "current",
+        "tick",
+        "foreground",
+        "background",
+        "end",
+        "report",
+        "batch",
+    ];
+    for call in calls {
+        let path = format!("/v1/sessions/{call}");
+        let big = json!({"client": new_client(), "attributes": {"release": "x".repeat(2000)}});
+        let answer = app.post(&path, big).await;
+        assert_eq!(
+            answer.problem(413)["type"],
+            "urn:sessiond:problem:payload-too-large"
+        );
+
+        let client = new_client();
+        let body = match call {
+            "report" => json!({"client": client, "errors": 1}),
+            "batch" => json!({"operations": [{"op": "tick", "client": client}]}),
+            _ => json!({"client": client}),
+        };
+        let first = app.post(&path, body.clone()).await;
+        assert!(matches!(first.status, 200 | 404), "{call}: {}", first.text);
+        let second = app.post(&path, body).await;
+        if call == "batch" {
+            // A batch refuses the limited client's operation in its place.
+            assert_eq!(second.expect(200)["results"][0]["status"], 429);
+        } else {
+            assert_limited(&second, "client");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_over_its_address_allowance_is_refused_whole() {
+    let app = spawn_app(
+        Store::Memory,
+        "[limits]\nclient_per_second = 0\naddress_per_second = 0.0167\naddress_burst = 2\n",
+    )
+    .await;
+    let ops =
+        json!([{"op": "tick", "client": new_client()}, {"op": "tick", "client": new_client()}]);
+    app.batch(ops.clone()).await.expect(200);
+    assert_limited(&app.batch(ops).await, "address");
+}
+
 /// Asserts a 429 from the given limit, with a Retry-After of at least a second.
 fn assert_limited(answer: &TestResponse, limit: &str) -> Value {
     let problem = answer.problem(429);

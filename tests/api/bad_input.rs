@@ -286,3 +286,63 @@ async fn every_class_of_bad_input_gets_its_problem_and_changes_nothing(store: St
     assert_eq!(snapshot(&app, &client).await, before);
     assert_eq!(keys(&app, &prefix).await, keys_before);
 }
+
+/// Every session call answers each refusal it documents, so the reachability check of
+/// scripts/api-fuzz.sh never rests on what random requests happened to hit.
+#[tokio::test]
+async fn every_session_call_answers_each_documented_refusal() {
+    let app = spawn_app(
+        Store::Memory,
+        "[namespaces.web]\nallowed_origins = [\"https://app.example\"]\n",
+    )
+    .await;
+    let calls = [
+        "current",
+        "tick",
+        "foreground",
+        "background",
+        "end",
+        "report",
+        "batch",
+    ];
+    for call in calls {
+        let path = format!("/v1/sessions/{call}");
+        let body = match call {
+            "report" => json!({"namespace": "web", "client": new_client(), "errors": 1}),
+            "batch" => json!({"operations": []}),
+            _ => json!({"namespace": "web", "client": new_client()}),
+        };
+        app.post(&path, json!({"unknown": 1})).await.problem(400);
+        app.post_raw(&path, Some("application/xml"), "<a/>")
+            .await
+            .problem(415);
+        if call != "batch" {
+            let unknown = json!({"namespace": "nowhere", "client": new_client(), "errors": 1});
+            let unknown = match call {
+                "report" => unknown,
+                _ => json!({"namespace": "nowhere", "client": new_client()}),
+            };
+            app.post(&path, unknown).await.problem(404);
+            let foreign = [("origin", "https://elsewhere.example")];
+            let answer = app
+                .request(Method::POST, &path, &foreign, Some(body.clone()))
+                .await;
+            answer.problem(403);
+        }
+        let allowed = [("origin", "https://app.example")];
+        let preflight = app.request(Method::OPTIONS, &path, &allowed, None).await;
+        assert_eq!(preflight.status, 204, "{call}: {}", preflight.text);
+        let foreign = [("origin", "https://elsewhere.example")];
+        app.request(Method::OPTIONS, &path, &foreign, None)
+            .await
+            .problem(403);
+        app.request(Method::OPTIONS, &path, &[], None)
+            .await
+            .problem(405);
+    }
+    app.get("/v1/events?limit=0").await.problem(400);
+    app.get("/v1/stats?namespace=nowhere").await.problem(404);
+    app.get("/v1/stats?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z")
+        .await
+        .problem(400);
+}

@@ -62,6 +62,44 @@ async fn sessiond_starts_before_redis_and_serves_once_it_is_up() {
     app.get("/readyz").await.expect(200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_that_needs_the_store_answers_503_while_it_is_down() {
+    let (redis, app) = app_on_its_own_redis("", Redis::Up).await;
+    let client = new_client();
+    let session = app.tick(json!({"client": client})).await.expect(200);
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    redis.stop();
+    let session_calls = [
+        ("current", json!({"client": client})),
+        ("tick", json!({"client": client})),
+        ("foreground", json!({"client": client})),
+        ("background", json!({"client": client})),
+        ("end", json!({"client": client})),
+        ("report", json!({"client": client, "errors": 1})),
+    ];
+    for (call, body) in session_calls {
+        let answer = app.post(&format!("/v1/sessions/{call}"), body).await;
+        assert_eq!(
+            answer.problem(503)["type"],
+            "urn:sessiond:problem:store-unavailable"
+        );
+        assert_eq!(answer.header("retry-after"), Some("1"), "{call}");
+    }
+    for path in [
+        format!("/v1/sessions/{id}"),
+        "/v1/events".into(),
+        "/v1/stats".into(),
+    ] {
+        app.get(&path).await.problem(503);
+    }
+    // In a batch each operation answers for itself, inside a 200.
+    let batch = app
+        .batch(json!([{"op": "tick", "client": client}]))
+        .await
+        .expect(200);
+    assert_eq!(batch["results"][0]["status"], 503);
+}
+
 enum Redis {
     Up,
     Down,

@@ -21,6 +21,27 @@ pub fn spec() -> &'static Spec {
     })
 }
 
+/// Notes a documented status the suite saw, in the file SESSIOND_SEEN_STATUSES names (one
+/// `METHOD TEMPLATE STATUS` line each), so scripts/api-fuzz.sh can tell, with schemathesis's
+/// own run, that every documented status is reachable.
+fn record_seen(method: &str, template: &str, status: u16) {
+    use std::io::Write;
+    static SEEN: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+    let Some(file) = std::env::var_os("SESSIOND_SEEN_STATUSES") else {
+        return;
+    };
+    let line = format!("{method} {template} {status}");
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.get_or_insert_default().insert(line.clone()) {
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .expect("the seen-statuses file opens");
+        writeln!(out, "{line}").expect("the seen-statuses file takes a line");
+    }
+}
+
 impl Spec {
     pub fn doc(&self) -> &Value {
         &self.doc
@@ -84,6 +105,9 @@ impl Spec {
         let response = operation["responses"]
             .get(status.to_string())
             .unwrap_or_else(|| panic!("status not documented: {context}"));
+        if let Some(template) = self.template_for(path) {
+            record_seen(method, &template, status);
+        }
         let response = self.resolve(response);
         let Some(content) = response.get("content") else {
             assert!(
