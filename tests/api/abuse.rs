@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use sessiond::domain::{ManualClock, OsRandom};
 use sessiond::startup::Sources;
 
-use crate::helpers::{Store, TestApp, TestResponse, new_client, spawn_app, spawn_app_with};
+use crate::helpers::{
+    SESSION_CALLS, Store, TestApp, TestResponse, new_client, spawn_app, spawn_app_with,
+};
 use crate::on_every_store;
 
 on_every_store!(
@@ -23,16 +25,7 @@ async fn every_session_call_refuses_a_body_over_the_limit_and_a_caller_over_its_
         "body_limit = 1024\n[limits]\nclient_per_second = 0.0167\nclient_burst = 1\n",
     )
     .await;
-    let calls = [
-        "current",
-        "tick",
-        "foreground",
-        "background",
-        "end",
-        "report",
-        "batch",
-    ];
-    for call in calls {
+    for call in SESSION_CALLS {
         let path = format!("/v1/sessions/{call}");
         let big = json!({"client": new_client(), "attributes": {"release": "x".repeat(2000)}});
         let answer = app.post(&path, big).await;

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Store, TestApp, new_client, spawn_app};
+use crate::helpers::{SESSION_CALLS, Store, TestApp, new_client, spawn_app};
 use crate::on_every_store;
 
 on_every_store!(every_class_of_bad_input_gets_its_problem_and_changes_nothing);
@@ -296,16 +296,7 @@ async fn every_session_call_answers_each_documented_refusal() {
         "[namespaces.web]\nallowed_origins = [\"https://app.example\"]\n",
     )
     .await;
-    let calls = [
-        "current",
-        "tick",
-        "foreground",
-        "background",
-        "end",
-        "report",
-        "batch",
-    ];
-    for call in calls {
+    for call in SESSION_CALLS {
         let path = format!("/v1/sessions/{call}");
         let body = match call {
             "report" => json!({"namespace": "web", "client": new_client(), "errors": 1}),

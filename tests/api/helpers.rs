@@ -34,6 +34,17 @@ pub enum Backend {
 
 pub const SECRET: &str = "test-secret-0123456789";
 
+/// The paths under /v1/sessions/ of the calls that take a session body.
+pub const SESSION_CALLS: [&str; 7] = [
+    "current",
+    "tick",
+    "foreground",
+    "background",
+    "end",
+    "report",
+    "batch",
+];
+
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,

@@ -671,33 +671,22 @@ impl Run {
                         return Err(format!("{at}: {field} is {got}, the model says {want}"));
                     }
                 }
-                self.same_time(
-                    "started_at",
-                    ms(&record.started_at),
-                    view.started,
-                    now,
-                    model_now,
-                )
-                .map_err(|e| format!("{at}: {e}"))?;
-                self.same_time(
-                    "last_activity_at",
-                    ms(&record.last_activity_at),
-                    view.last,
-                    now,
-                    model_now,
-                )
-                .map_err(|e| format!("{at}: {e}"))?;
-                self.same_time(
-                    "expires_at",
-                    ms(&record.expires_at),
-                    view.expires,
-                    now,
-                    model_now,
-                )
-                .map_err(|e| format!("{at}: {e}"))?;
-                if let (Some(got), Some(want)) = (&record.ended_at, view.ended) {
-                    self.same_time("ended_at", ms(got), want, now, model_now)
-                        .map_err(|e| format!("{at}: {e}"))?;
+                // Whether it ended is compared above; when it did, so is when.
+                let times = [
+                    ("started_at", Some(&record.started_at), Some(view.started)),
+                    (
+                        "last_activity_at",
+                        Some(&record.last_activity_at),
+                        Some(view.last),
+                    ),
+                    ("expires_at", Some(&record.expires_at), Some(view.expires)),
+                    ("ended_at", record.ended_at.as_ref(), view.ended),
+                ];
+                for (field, got, want) in times {
+                    if let (Some(got), Some(want)) = (got, want) {
+                        self.same_time(field, ms(got), want, now, model_now)
+                            .map_err(|e| format!("{at}: {e}"))?;
+                    }
                 }
                 Ok(())
             }

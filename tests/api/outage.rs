@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, new_client, spawn_on_redis};
+use crate::helpers::{TestApp, eventually, new_client, spawn_on_redis};
 use crate::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +105,8 @@ enum Redis {
     Down,
 }
 
+const PROVISIONAL_WEB: &str = "[namespaces.web]\non_store_error = \"provisional\"";
+
 /// An app with a short store timeout on a redis-server of its own, which the test may stop;
 /// with `Redis::Down` the server is stopped before the app starts.
 async fn app_on_its_own_redis(config: &str, at_start: Redis) -> (Arc<RedisServer>, TestApp) {
@@ -136,11 +138,7 @@ async fn tick_until_served(app: &TestApp, client: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provisional_namespace_keeps_answering_while_redis_is_down() {
-    let (redis, app) = app_on_its_own_redis(
-        "[namespaces.web]\non_store_error = \"provisional\"",
-        Redis::Up,
-    )
-    .await;
+    let (redis, app) = app_on_its_own_redis(PROVISIONAL_WEB, Redis::Up).await;
     let client = new_client();
     let body = json!({"namespace": "web", "client": client, "attributes": {"release": "2.1"}});
     let stored = app.tick(body.clone()).await.expect(200);
@@ -197,4 +195,102 @@ async fn a_provisional_namespace_keeps_answering_while_redis_is_down() {
         real["index"], 1,
         "the restarted Redis kept nothing, and provisional ids were never stored"
     );
+}
+
+/// What one client saw during the provisional load test.
+#[derive(Default)]
+struct Seen {
+    statuses: Vec<u16>,
+    /// Each answer: (provisional, session_id, started_at).
+    answers: Vec<(bool, String, String)>,
+}
+
+impl Seen {
+    fn count(&self, provisional: bool) -> usize {
+        self.answers.iter().filter(|a| a.0 == provisional).count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisional_namespace_keeps_answering_under_load_while_redis_stops_and_returns() {
+    let (redis, app) = app_on_its_own_redis(PROVISIONAL_WEB, Redis::Up).await;
+    let app = Arc::new(app);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: Vec<Arc<std::sync::Mutex<Seen>>> = (0..12).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for record in &seen {
+        let (app, stop, record) = (app.clone(), stop.clone(), record.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"namespace": "web", "client": new_client()});
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = app.tick(body.clone()).await;
+                let mut record = record.lock().unwrap();
+                record.statuses.push(answer.status);
+                if answer.status == 200 {
+                    let s = answer.json();
+                    record.answers.push((
+                        s.get("provisional").is_some(),
+                        s["session_id"].as_str().unwrap().to_owned(),
+                        s["started_at"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }));
+    }
+    // Until every client has seen more than `floor[i]` answers of a kind, within 15 s.
+    let all_past = |provisional: bool, floor: Vec<usize>| {
+        let seen = seen.clone();
+        async move {
+            let past = || {
+                let done = seen
+                    .iter()
+                    .zip(&floor)
+                    .all(|(s, n)| s.lock().unwrap().count(provisional) > *n);
+                std::future::ready(done)
+            };
+            assert!(
+                eventually(Duration::from_secs(15), past).await,
+                "clients waited 15 s"
+            );
+        }
+    };
+    let counts = |provisional: bool| -> Vec<usize> {
+        seen.iter()
+            .map(|s| s.lock().unwrap().count(provisional))
+            .collect()
+    };
+    all_past(false, vec![2; seen.len()]).await;
+    redis.stop();
+    all_past(true, vec![2; seen.len()]).await;
+    redis.restart();
+    all_past(false, counts(false)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for record in &seen {
+        let record = record.lock().unwrap();
+        assert!(
+            record.statuses.iter().all(|s| *s == 200),
+            "a provisional namespace answered every call: {:?}",
+            record.statuses
+        );
+        // Within one window, one provisional id per client; stored ids are never provisional.
+        let mut by_window = std::collections::HashMap::new();
+        for (provisional, id, started) in &record.answers {
+            if *provisional {
+                let first = by_window
+                    .entry(started.clone())
+                    .or_insert_with(|| id.clone());
+                assert_eq!(first, id, "one provisional id per client and window");
+            }
+        }
+        let stored: std::collections::HashSet<_> = record
+            .answers
+            .iter()
+            .filter(|a| !a.0)
+            .map(|a| &a.1)
+            .collect();
+        assert!(by_window.values().all(|id| !stored.contains(id)));
+    }
 }
