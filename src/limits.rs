@@ -100,7 +100,7 @@ impl Limited {
 #[derive(Default)]
 struct AddressMinute {
     new_clients: u32,
-    seen: HashSet<ClientHash, foldhash::fast::RandomState>,
+    seen: HashSet<u128, foldhash::fast::RandomState>,
 }
 
 #[derive(Default)]
@@ -112,10 +112,16 @@ struct Minute {
 
 /// Enforces [`LimitSettings`]. Shared by every worker.
 pub struct Limiter {
-    client: Option<(DefaultKeyedRateLimiter<ClientHash>, Rate)>,
+    client: Option<(DefaultKeyedRateLimiter<u128>, Rate)>,
     address: Option<(DefaultKeyedRateLimiter<IpAddr>, Rate)>,
     new_clients_cap: Option<NonZeroU32>,
     minute: Mutex<Minute>,
+}
+
+/// A client hash as a number: the limiters key on it without copying the hash's text.
+fn key(client: &ClientHash) -> u128 {
+    // A ClientHash is 32 hex digits by construction.
+    u128::from_str_radix(client.as_str(), 16).unwrap_or_default()
 }
 
 /// Seen clients kept per address and minute, in multiples of the new-client cap: enough for
@@ -169,7 +175,7 @@ impl Limiter {
         now_ms: i64,
     ) -> Result<(), Limited> {
         if let Some((limiter, _)) = &self.client
-            && let Err(not_until) = limiter.check_key(client)
+            && let Err(not_until) = limiter.check_key(&key(client))
         {
             return Err(Limited {
                 kind: LimitKind::Client,
@@ -181,9 +187,10 @@ impl Limiter {
         };
         let mut minute = self.minute_at(now_ms);
         let entry = minute.addresses.entry(address).or_default();
-        if entry.new_clients < cap.get() || (!minted && entry.seen.contains(client)) {
+        let client = key(client);
+        if entry.new_clients < cap.get() || (!minted && entry.seen.contains(&client)) {
             if !minted && entry.seen.len() < (cap.get() * SEEN_PER_CAP) as usize {
-                entry.seen.insert(client.clone());
+                entry.seen.insert(client);
             }
             return Ok(());
         }
@@ -201,7 +208,7 @@ impl Limiter {
         let mut minute = self.minute_at(now_ms);
         let entry = minute.addresses.entry(address).or_default();
         entry.new_clients = entry.new_clients.saturating_add(1);
-        entry.seen.insert(client.clone());
+        entry.seen.insert(key(client));
     }
 
     /// The current minute's table, emptied when the minute has turned.
