@@ -124,7 +124,7 @@ fn step() -> impl Strategy<Value = Step> {
 // ---------------------------------------------------------------- the model
 
 /// Time unit of the model, and of the Redis replay's waits.
-const UNIT_MS: i64 = 150;
+const UNIT_MS: i64 = 300;
 
 fn policy(ns: Ns) -> Policy {
     match ns {
@@ -533,7 +533,8 @@ impl Model {
 /// How the store under test keeps time.
 enum Time {
     Manual(Arc<ManualClock>),
-    Real,
+    /// Real time, from when the run started.
+    Real(tokio::time::Instant),
 }
 
 /// Symbols of the model mapped to the store's session ids, both ways.
@@ -696,12 +697,15 @@ impl Run {
         }
     }
 
-    async fn advance(&self, units: u8) {
-        let ms = i64::from(units) * UNIT_MS;
+    /// Moves the clock on to the model's time `now`, `units` later than before.
+    async fn advance(&self, units: u8, now: i64) {
         match &self.time {
-            Time::Manual(clock) => clock.advance(ms),
-            // The store's clock is Redis's own: the replay waits for real.
-            Time::Real => tokio::time::sleep(Duration::from_millis(ms as u64)).await,
+            Time::Manual(clock) => clock.advance(i64::from(units) * UNIT_MS),
+            // The store's clock is Redis's own: the replay waits for real, until the model's
+            // time since the start, so the calls' own durations do not add up across steps.
+            Time::Real(start) => {
+                tokio::time::sleep_until(*start + Duration::from_millis(now as u64)).await;
+            }
         }
     }
 }
@@ -716,11 +720,16 @@ fn policies() -> Policies {
 /// Runs one sequence through a store and the model; the first disagreement is the error.
 async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> {
     let mut model = Model::default();
+    if let Time::Real(start) = &mut run.time {
+        // Connected first, so the model's time 0 is when the first call can go out.
+        run.store.ping().await.map_err(|e| e.to_string())?;
+        *start = tokio::time::Instant::now();
+    }
     for (n, step) in steps.iter().enumerate() {
         match step {
             Step::Advance(units) => {
                 model.now += i64::from(*units) * UNIT_MS;
-                run.advance(*units).await;
+                run.advance(*units, model.now).await;
             }
             Step::Sweep => {
                 model.sweep();
@@ -919,7 +928,7 @@ fn redis_run(url: &str, prefix: &str) -> Run {
     // unit that separates every decision from its boundary.
     Run {
         store: Arc::new(store),
-        time: Time::Real,
+        time: Time::Real(tokio::time::Instant::now()),
         hasher: hasher(),
         base: None,
         slack: UNIT_MS / 2 - 1,
