@@ -1,6 +1,10 @@
 //! Telemetry: structured logs through tracing, and the Prometheus metrics the service exports.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use actix_web::http::header::HeaderValue;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +30,24 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// A new request id: this process's random prefix and a counter, as 24 hex characters; unique
+/// among the process's requests, and across instances but by a 2^-32 chance per pair.
+pub fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // Without the OS's randomness the prefix is 0: ids stay unique within the process.
+        let _ = getrandom::fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut text = [0u8; 24];
+    let _ = hex::encode_to_slice(prefix.to_be_bytes(), &mut text[..8]);
+    let _ = hex::encode_to_slice(n.to_be_bytes(), &mut text[8..]);
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

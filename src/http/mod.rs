@@ -16,14 +16,16 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
+use actix_web::http::header::HeaderName;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpRequest, Route, web};
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource};
 use crate::limits::{Limited, Limiter};
 use crate::store::{SessionStore, StoreError};
-use crate::telemetry::{LimitLabels, Metrics, StoreErrorLabels};
+use crate::telemetry::{self, LimitLabels, Metrics, StoreErrorLabels};
 use problem::ApiError;
 use sessions::OpName;
 
@@ -139,14 +141,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-/// Observes every request's duration by route pattern, method and status.
+/// The header carrying a request's id, taken from the caller when it sent a usable one.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (the caller's `x-request-id` when it is 1 to 64 characters of
+/// `A-Z a-z 0-9 . _ -`, else a new one), logs within the request under it, echoes it in the
+/// response, and observes the request's duration by route pattern, method and status.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().clone();
-    let response = next.call(req).await?;
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| usable_request_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(telemetry::new_request_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %String::from_utf8_lossy(id.as_bytes()),
+        method = %method,
+        path = %req.path(),
+    );
+    let mut response = next.call(req).instrument(span).await?;
+    response.headers_mut().insert(REQUEST_ID, id);
     if method != Method::OPTIONS
         && let Some(state) = response.request().app_data::<web::Data<AppState>>()
     {
@@ -162,4 +182,11 @@ pub async fn observe(
         );
     }
     Ok(response)
+}
+
+fn usable_request_id(raw: &[u8]) -> bool {
+    (1..=64).contains(&raw.len())
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -35,69 +35,229 @@ fn a_bad_configuration_stops_the_process_and_names_the_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("secret"));
 }
 
-#[test]
-fn the_binary_serves_in_memory_says_so_and_stops_cleanly_on_sigterm() {
-    let mut child = sessiond()
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("SESSIOND_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, received) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
+/// A sessiond process logging JSON, its log lines read as they come.
+struct Running {
+    child: std::process::Child,
+    lines: mpsc::Receiver<Value>,
+    port: u16,
+}
+
+impl Running {
+    /// Starts the binary with these arguments and waits until it says it listens; `before`
+    /// collects the log lines up to then.
+    fn start(args: &[&str], env: &[(&str, &str)], before: &mut Vec<Value>) -> Self {
+        let mut child = sessiond()
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("SESSIOND_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (send, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let event: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+                if send.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        let port = loop {
+            let event = lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("sessiond logs its start");
+            let listening = event["message"] == "sessiond is listening";
+            let port = event["port"].as_u64();
+            before.push(event);
+            if listening {
+                break port.expect("the port is logged") as u16;
+            }
+        };
+        Self { child, lines, port }
+    }
+
+    /// The next log line that satisfies `wanted`, within 20 s.
+    fn log_line(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let event = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the log line comes");
+            if wanted(&event) {
+                return event;
             }
         }
-    });
-    let mut said_memory = false;
-    let port = loop {
-        let line = received
-            .recv_timeout(Duration::from_secs(20))
-            .expect("sessiond logs its start");
-        let event: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-        let message = event["message"].as_str().unwrap_or_default();
-        said_memory |= message.contains("kept in memory");
-        if message == "sessiond is listening" {
-            break event["port"].as_u64().expect("the port is logged");
-        }
-    };
-    assert!(said_memory, "the in-memory store is announced at start");
+    }
 
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to end; its exit code.
+    fn exit_code(mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sessiond did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends raw bytes on a connection and reads until the response to them is complete
+/// (`Content-Length`), returning its head and body.
+fn exchange(stream: &mut std::net::TcpStream, bytes: &[u8]) -> (String, String) {
+    use std::io::{Read, Write};
+    stream.write_all(bytes).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the connection closed before the response was complete"
+        );
+        received.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return (head.to_owned(), body.to_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn logs_are_json_and_carry_the_request_id_each_response_echoes() {
+    let mut started = Vec::new();
+    // A Redis nobody listens on: the call fails, and the warning is logged within the request.
+    let app = Running::start(
+        &["--redis-url", "redis://127.0.0.1:1"],
+        &[("SESSIOND_SECRET", "process-test-secret-0123")],
+        &mut started,
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let health = runtime.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+    let url = format!("http://127.0.0.1:{}/v1/sessions/tick", app.port);
+    let (echoed, generated) = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let body = r#"{"client": "process-test-client-01"}"#;
+        let given = http
+            .post(&url)
+            .header("x-request-id", "checkout-7f3a.42")
+            .body(body)
+            .send()
             .await
-            .unwrap()
-            .status()
+            .unwrap();
+        assert_eq!(given.status(), 503);
+        let unusable = http
+            .post(&url)
+            .header("x-request-id", "has spaces")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let header =
+            |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        (header(&given), header(&unusable))
     });
-    assert_eq!(health, 200);
-
-    let pid = child.id().to_string();
+    assert_eq!(echoed, "checkout-7f3a.42");
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+        generated.len() == 24 && generated.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{generated}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
+    let warning = app.log_line(|e| e["message"] == "session store unavailable");
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(
+        warning["span"]["request_id"], "checkout-7f3a.42",
+        "{warning}"
+    );
+    assert_eq!(warning["span"]["path"], "/v1/sessions/tick", "{warning}");
+    let second = app.log_line(|e| e["message"] == "session store unavailable");
+    assert_eq!(second["span"]["request_id"], generated.as_str(), "{second}");
+    app.terminate();
+    assert_eq!(app.exit_code(), Some(0));
+}
+
+#[test]
+fn sigterm_stops_accepting_finishes_the_call_in_flight_and_exits_0() {
+    let mut started = Vec::new();
+    let app = Running::start(&[], &[], &mut started);
+    let said_memory = started.iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kept in memory")
+    });
+    assert!(said_memory, "the in-memory store is announced at start");
+
+    // A connection the server has surely accepted: it answered a first call on it.
+    let address = format!("127.0.0.1:{}", app.port);
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (head, _) = exchange(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nHost: sessiond\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A call in flight: its head and half its body sent when SIGTERM arrives.
+    let body = br#"{"client": "in-flight-at-sigterm-01"}"#;
+    let head = format!(
+        "POST /v1/sessions/tick HTTP/1.1\r\nHost: sessiond\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first_half, second_half) = body.split_at(body.len() / 2);
+    {
+        use std::io::Write;
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(first_half).unwrap();
+    }
+    app.terminate();
+    app.log_line(|e| {
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("graceful shutdown")
+    });
+    // Stopped accepting: the listener closes, and new connections are refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&address).is_ok() {
         assert!(
             std::time::Instant::now() < deadline,
-            "sessiond did not stop after SIGTERM"
+            "new connections were still taken 5 s after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+    }
+    // The call in flight is finished and answered.
+    let (head, answer) = exchange(&mut stream, second_half);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let session: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(session["created"], true);
+    drop(stream);
+    assert_eq!(app.exit_code(), Some(0), "a graceful stop exits 0");
 }
