@@ -14,6 +14,7 @@ use crate::config::{RedisSettings, Settings};
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::{self, AppState};
 use crate::limits::Limiter;
+use crate::store::metered::Metered;
 use crate::store::redis::Target;
 use crate::store::{MemoryStore, Policies, RedisStore, SessionStore};
 use crate::telemetry::Metrics;
@@ -98,21 +99,24 @@ impl Application {
             let key = ids.client_key();
             SecretString::from(key.as_str().to_owned())
         });
+        let metrics = Arc::new(Metrics::new(store.kind()));
+        // Every caller reaches the store through this, so every call is measured.
+        let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
         let state = web::Data::new(AppState {
             store: store.clone(),
             hasher: ClientHasher::new(&secret),
             ids,
             clock: clock.clone(),
-            metrics: Arc::new(Metrics::new(store.kind())),
+            metrics,
             limiter: Arc::new(Limiter::new(&settings.limits)),
             settings: Arc::new(settings.clone()),
         });
         spawn_sweeper(Arc::downgrade(&state.clone().into_inner()));
         spawn_limit_tidier(Arc::downgrade(&state.limiter));
+        // A first ping, so store_up says how the store fares before any call.
         let probe = state.clone();
         tokio::spawn(async move {
-            let answered = probe.store.ping().await;
-            probe.record_store_result(&answered);
+            let _ = probe.store.ping().await;
         });
         let listener = TcpListener::bind(&settings.listen).map_err(|source| StartError::Bind {
             address: settings.listen.clone(),
@@ -211,10 +215,12 @@ fn spawn_sweeper(state: std::sync::Weak<AppState>) {
             loop {
                 let Some(state) = state.upgrade() else { return };
                 let swept = state.store.sweep(&policies).await;
-                state.record_store_result(&swept);
                 match swept {
                     Ok(swept) => {
-                        state.metrics.swept_sessions.inc_by(swept.finalized as u64);
+                        state.metrics.swept_sessions.inc_by(swept.finalized.total());
+                        for (status, n) in swept.finalized.by_status() {
+                            state.metrics.count_finalized(status, n);
+                        }
                         if !swept.more {
                             break;
                         }

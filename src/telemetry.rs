@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
-use crate::domain::Reason;
+use crate::domain::{Reason, Status};
+use crate::store::StoreError;
 
 /// Installs the global log subscriber; `SESSIOND_LOG` (or `RUST_LOG`) filters, default `info`.
 pub fn init_logging(format: LogFormat) {
@@ -70,7 +71,12 @@ pub struct NamespaceLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreErrorLabels {
-    pub kind: String,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreCallLabels {
+    pub call: &'static str,
 }
 
 /// The service's metrics, registered once per application.
@@ -80,9 +86,16 @@ pub struct Metrics {
     pub sessions_created: Family<CreatedLabels, Counter>,
     pub provisional_sessions: Family<NamespaceLabels, Counter>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
+    pub store_call_duration: Family<StoreCallLabels, Histogram>,
     pub store_up: Gauge,
     pub swept_sessions: Counter,
+    pub sessions_finalized: Family<FinalizedLabels, Counter>,
     pub rate_limited: Family<LimitLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinalizedLabels {
+    pub status: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +138,15 @@ impl Metrics {
             "Store calls that failed, by kind",
             store_errors.clone(),
         );
+        let store_call_duration = Family::<StoreCallLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "store_call_duration",
+            "Store call duration by call (execute, execute_batch, find, owner, sweep, events, stats, ping)",
+            prometheus_client::registry::Unit::Seconds,
+            store_call_duration.clone(),
+        );
         // 0 until the store has answered once.
         let store_up = Gauge::default();
         registry.register(
@@ -138,6 +160,12 @@ impl Metrics {
             "Sessions this instance's sweeper finalized after they idled out",
             swept_sessions.clone(),
         );
+        let sessions_finalized = Family::<FinalizedLabels, Counter>::default();
+        registry.register(
+            "sessions_finalized",
+            "Sessions finalized (rotated, ended, reported after they were over, or swept), by final status",
+            sessions_finalized.clone(),
+        );
         let rate_limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "rate_limited",
@@ -147,11 +175,13 @@ impl Metrics {
         Self {
             registry,
             swept_sessions,
+            sessions_finalized,
             rate_limited,
             request_duration,
             sessions_created,
             provisional_sessions,
             store_errors,
+            store_call_duration,
             store_up,
         }
     }
@@ -166,12 +196,45 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    pub fn observe_store_call(&self, call: &'static str, elapsed: Duration) {
+        self.store_call_duration
+            .get_or_create(&StoreCallLabels { call })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed store call by kind; an unreachable store is down until it answers.
+    pub fn count_store_error(&self, e: &StoreError) {
+        let kind = match e {
+            StoreError::Unavailable(_) => {
+                self.store_up.set(0);
+                "unavailable"
+            }
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Failed(_) => "failed",
+        };
+        self.store_errors
+            .get_or_create(&StoreErrorLabels { kind })
+            .inc();
+    }
+
     pub fn count_provisional(&self, namespace: &str) {
         self.provisional_sessions
             .get_or_create(&NamespaceLabels {
                 namespace: namespace.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts sessions finalized with a final status. By status only: the sweeper finalizes
+    /// across namespaces and counts per sweep.
+    pub fn count_finalized(&self, status: Status, n: u64) {
+        if n > 0 {
+            self.sessions_finalized
+                .get_or_create(&FinalizedLabels {
+                    status: status.as_str(),
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn count_created(&self, namespace: &str, reason: Reason) {

@@ -92,7 +92,6 @@ pub async fn events(
             })?,
     };
     let events = state.store.events(after, limit).await;
-    state.record_store_result(&events);
     let events = events?;
     let next = events
         .last()
@@ -174,7 +173,6 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         to_hour,
     };
     let summary = state.store.stats(&query).await;
-    state.record_store_result(&summary);
     Ok(HttpResponse::Ok().json(StatsAnswer {
         namespace: query.namespace,
         from: rfc3339(from_hour * HOUR_MS),

@@ -17,7 +17,6 @@ pub async fn lookup(
     let raw = req.match_info().get("session_id").unwrap_or("");
     let id = SessionId::parse(raw).map_err(|e| ApiError::invalid("session_id", e))?;
     let found = state.store.find(&id).await;
-    state.record_store_result(&found);
     let found = found?.ok_or_else(|| ApiError::SessionNotFound(id.to_string()))?;
     // A namespace removed from the configuration still has its sessions readable.
     let policy = Namespace::parse(&found.namespace)

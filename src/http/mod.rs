@@ -24,8 +24,8 @@ use tracing::Instrument;
 use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource};
 use crate::limits::{Limited, Limiter};
-use crate::store::{SessionStore, StoreError};
-use crate::telemetry::{self, LimitLabels, Metrics, StoreErrorLabels};
+use crate::store::SessionStore;
+use crate::telemetry::{self, LimitLabels, Metrics};
 use problem::ApiError;
 use sessions::OpName;
 
@@ -38,31 +38,6 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
-}
-
-impl AppState {
-    /// Keeps `store_up` and the error counters current from every store answer.
-    pub fn record_store_result<T>(&self, result: &Result<T, StoreError>) {
-        match result {
-            Ok(_) => {
-                self.metrics.store_up.set(1);
-            }
-            Err(e) => {
-                let kind = match e {
-                    StoreError::Unavailable(_) => "unavailable",
-                    StoreError::Corrupt(_) => "corrupt",
-                    StoreError::Failed(_) => "failed",
-                };
-                if matches!(e, StoreError::Unavailable(_)) {
-                    self.metrics.store_up.set(0);
-                }
-                self.metrics
-                    .store_errors
-                    .get_or_create(&StoreErrorLabels { kind: kind.into() })
-                    .inc();
-            }
-        }
-    }
 }
 
 impl AppState {

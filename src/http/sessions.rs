@@ -264,7 +264,6 @@ impl AppState {
     /// The namespace and client of a retained session id.
     async fn owner(&self, id: &SessionId) -> Result<(Namespace, ClientHash), ApiError> {
         let owner = self.store.owner(id).await;
-        self.record_store_result(&owner);
         owner?.ok_or_else(|| ApiError::SessionNotFound(id.to_string()))
     }
 
@@ -314,7 +313,6 @@ impl AppState {
         call: ParsedCall,
         outcome: Result<Outcome, StoreError>,
     ) -> Result<SessionBody, ApiError> {
-        self.record_store_result(&outcome);
         if let Err(StoreError::Unavailable(_)) = &outcome
             && call.on_store_error == OnStoreError::Provisional
             && call.command.op.may_start()
@@ -326,8 +324,12 @@ impl AppState {
                 session,
                 created,
                 now,
+                finalized,
             } => {
                 let namespace = call.command.namespace.as_str();
+                if let Some(status) = finalized {
+                    self.metrics.count_finalized(status, 1);
+                }
                 if created {
                     self.metrics.count_created(namespace, session.reason);
                     if session.reason == Reason::NewClient {

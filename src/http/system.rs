@@ -17,7 +17,6 @@ pub async fn healthz() -> HttpResponse {
 /// `GET /readyz`: the store answers within its timeout.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let result = state.store.ping().await;
-    state.record_store_result(&result);
     result?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready", "store": state.store.kind()})))
 }

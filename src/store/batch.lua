@@ -4,14 +4,14 @@
 -- after, one by one. On a cluster, all keys of one batch call share a slot.
 --
 -- KEYS: two per call, as decide.lua takes them. ARGV: the count of arguments per call, then
--- each call's arguments in turn. Returns one decide() reply per call, or {'skip', now, '', 0}.
+-- each call's arguments in turn. Returns one decide() reply per call, or {'skip', now, '', 0, ''}.
 local per = tonumber(ARGV[1])
 local waiting = {}
 local replies = {}
 for n = 1, #KEYS / 2 do
   local keys = {KEYS[2 * n - 1], KEYS[2 * n]}
   if waiting[keys[1]] then
-    replies[n] = {'skip', now, '', 0}
+    replies[n] = {'skip', now, '', 0, ''}
   else
     local first = 2 + (n - 1) * per
     replies[n] = decide(keys, {unpack(ARGV, first, first + per - 1)})

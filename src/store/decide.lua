@@ -8,8 +8,9 @@
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
 --       candidate, attributes, bucket key prefix, namespace, client member (NS:HASH),
 --       stats_retention_ms, events_max, report errors, report crashed
--- decide(KEYS, ARGV) returns {kind, now, session_json, pointer_expires_at}; kind is s(ession),
--- need(s an id), nolive or unknown. pointer_expires_at > 0 asks the caller to extend the id's
+-- decide(KEYS, ARGV) returns {kind, now, session_json, pointer_expires_at, finalized}; kind is
+-- s(ession), need(s an id), nolive or unknown; finalized is the final status of the session the
+-- call finalized, or ''. pointer_expires_at > 0 asks the caller to extend the id's
 -- pointer.
 
 local function decide(KEYS, ARGV)
@@ -30,8 +31,14 @@ local function decide(KEYS, ARGV)
     return (at or x.t) + session_ret
   end
 
+  -- The final status of the session this call finalized, if it did (for metrics).
+  local finalized = ''
+  local function finalize_now(x, ended, end_status)
+    if finalize(H, x, ended, end_status) then finalized = x.st end
+  end
+
   local function reply(kind, x, pointer)
-    return {kind, now, x or '', pointer or 0}
+    return {kind, now, x or '', pointer or 0, finalized}
   end
 
   -- Saves the current session; returns its JSON and the pointer expiry to extend, if due.
@@ -65,7 +72,7 @@ local function decide(KEYS, ARGV)
     if candidate == '' then return reply('need') end
     if prev then
       local ended = ended_at(prev, P, now)
-      finalize(H, prev, ended)
+      finalize_now(prev, ended)
       archive({s = prev.s, i = prev.i, p = prev.p, t0 = prev.t0, t = prev.t, e = ended,
                st = prev.st, n = prev.n, f = true, r = prev.r, a = prev.a})
     end
@@ -112,7 +119,7 @@ local function decide(KEYS, ARGV)
       local changed = apply_report(s, report_errors, report_crashed)
       local ended = ended_at(s, P, now)
       if not was_final then
-        finalize(H, s, ended)
+        finalize_now(s, ended)
       elseif changed then
         amend(H, s, before, ended)
       end
@@ -125,7 +132,7 @@ local function decide(KEYS, ARGV)
 
   if op == 'end' then
     s.e = now
-    finalize(H, s, now, end_status)
+    finalize_now(s, now, end_status)
     return reply('s', save(s))
   end
 

@@ -79,14 +79,16 @@ local function event(H, kind, x, ended)
 end
 
 -- Finalizes x once: its final status, one `ended` event, the stats that follow.
+-- Returns whether it finalized x now.
 local function finalize(H, x, ended, end_status)
-  if x.f then return end
+  if x.f then return false end
   x.st = worse(x.st, end_status or 'exited')
   x.f = true
   event(H, 'ended', x, ended)
   stat(H, x, x.st, 1)
   stat(H, x, 'd' .. duration_bucket(x.t - x.t0), 1)
   user_marks(H, x)
+  return true
 end
 
 -- Records an amended final status: one `amended` event, stats moved to the new status.

@@ -9,7 +9,8 @@ use parking_lot::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Command, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept, policy_of,
+    Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept,
+    policy_of,
 };
 use crate::domain::decision::{
     BackgroundChange, Sweep, apply_update, deadline, effective_now, end, ended_at, finalize,
@@ -405,15 +406,17 @@ impl MemoryStore {
         };
         let (client_ms, session_ms) = (self.retention.client_ms(), self.retention.session_ms());
         let keep_until = |s: &SessionState| record_expires_at(s, policy, client_ms, session_ms);
-        let answer = |session: SessionState, created: bool| Outcome::Session {
-            session,
-            created,
-            now,
-        };
+        let answer =
+            |session: SessionState, created: bool, finalized: Option<Status>| Outcome::Session {
+                session,
+                created,
+                now,
+                finalized,
+            };
         // Most calls keep or update a live session: done in place, with one copy for the answer.
         match decision {
             Decision::Keep => {
-                return kept.map_or(Outcome::NoLiveSession, |s| answer(s, false));
+                return kept.map_or(Outcome::NoLiveSession, |s| answer(s, false, None));
             }
             Decision::Update(update) => {
                 let Some(record) = ks
@@ -436,7 +439,7 @@ impl MemoryStore {
                 if changed && update.bind_user {
                     ks.count(stats::user_marks(ns, &s));
                 }
-                return answer(s, false);
+                return answer(s, false, None);
             }
             _ => {}
         }
@@ -448,7 +451,7 @@ impl MemoryStore {
                     return Outcome::UnknownSession;
                 };
                 let Op::Report { report, .. } = &cmd.op else {
-                    return answer(s.clone(), false);
+                    return answer(s.clone(), false, None);
                 };
                 let before = s.status;
                 let changed = report.apply(s);
@@ -456,13 +459,14 @@ impl MemoryStore {
                 if changed {
                     ks.amended(ns, before, &s, now);
                 }
-                answer(s, false)
+                answer(s, false, None)
             }
             (Decision::End(status), Some(mut s)) => {
                 end(&mut s, status, now);
                 ks.ended(ns, &s, now, now);
                 ks.save_current(&tag, s.clone(), keep_until(&s));
-                answer(s, false)
+                let finalized = Some(s.status);
+                answer(s, false, finalized)
             }
             (Decision::Report(effect), Some(mut s)) => {
                 let Op::Report { report, .. } = &cmd.op else {
@@ -473,11 +477,13 @@ impl MemoryStore {
                 }
                 let before = s.status;
                 let changed = report.apply(&mut s);
+                let mut finalized_now = None;
                 match effect {
                     ReportEffect::Live => ks.count(stats::user_marks(ns, &s)),
                     ReportEffect::Finalize => {
                         finalize(&mut s);
                         ks.ended(ns, &s, ended_at(&s, policy, now), now);
+                        finalized_now = Some(s.status);
                     }
                     ReportEffect::Amend if changed => {
                         // The current record keeps no ended_at when it idled out; the event
@@ -488,7 +494,7 @@ impl MemoryStore {
                     ReportEffect::Amend => {}
                 }
                 ks.save_current(&tag, s.clone(), keep_until(&s));
-                answer(s, false)
+                answer(s, false, finalized_now)
             }
             (Decision::Start(reason), previous) => {
                 let id = loop {
@@ -498,10 +504,12 @@ impl MemoryStore {
                     }
                     tracing::warn!("session id collision among retained sessions; drawing again");
                 };
+                let mut finalized_now = None;
                 if let Some(prev) = &previous {
                     let done = finalized(prev, policy, now);
                     if let (false, Some(ended)) = (prev.finalized, done.ended_at) {
                         ks.ended(ns, &done, ended, now);
+                        finalized_now = Some(done.status);
                     }
                     ks.archive(&tag, done, now, session_ms);
                 }
@@ -511,7 +519,7 @@ impl MemoryStore {
                     ks.due.set(&tag, at);
                 }
                 ks.save_current(&tag, s.clone(), keep_until(&s));
-                answer(s, true)
+                answer(s, true, finalized_now)
             }
             // Keep and update are answered above; the table never ends or reports a session
             // that is not there.
@@ -565,7 +573,7 @@ impl SessionStore for MemoryStore {
         let mut ks = self.lock();
         let due = ks.due.take_due(now, SWEEP_LIMIT);
         let more = due.len() == SWEEP_LIMIT;
-        let mut finalized_now = 0;
+        let mut finalized_now = Finalized::default();
         for tag in due {
             let policy: Policy = policy_of(policies, tag.0.as_str());
             let stored = ks
@@ -578,8 +586,8 @@ impl SessionStore for MemoryStore {
                 (Sweep::Finalize, Some((mut s, expires_at))) => {
                     finalize(&mut s);
                     ks.ended(tag.0.as_str(), &s, ended_at(&s, &policy, now), now);
+                    finalized_now.count(s.status);
                     ks.save_current(&tag, s, expires_at);
-                    finalized_now += 1;
                 }
                 (Sweep::Drop | Sweep::Finalize, _) => {}
             }

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::stats::{StatsQuery, StatsSummary};
 use crate::domain::{
-    Attributes, ClientHash, Event, EventId, Namespace, Op, Policy, SessionId, SessionState,
+    Attributes, ClientHash, Event, EventId, Namespace, Op, Policy, SessionId, SessionState, Status,
 };
 
 pub use self::memory::MemoryStore;
@@ -76,10 +77,13 @@ pub struct Command {
 )]
 pub enum Outcome {
     /// The session the call resolved to; `now` is the store's clock at the decision.
+    /// `finalized` is the final status of the session the call finalized (the one it
+    /// replaced, ended, or reported on after it was over), if it finalized one.
     Session {
         session: SessionState,
         created: bool,
         now: i64,
+        finalized: Option<Status>,
     },
     /// The call must not create and there is no live session.
     NoLiveSession,
@@ -103,11 +107,54 @@ pub fn policy_of(policies: &Policies, namespace: &str) -> Policy {
     policies.get(namespace).copied().unwrap_or_default()
 }
 
+/// Sessions finalized, counted by final status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finalized {
+    pub exited: u64,
+    pub errored: u64,
+    pub abnormal: u64,
+    pub crashed: u64,
+}
+
+impl Finalized {
+    pub fn count(&mut self, status: Status) {
+        match status {
+            // A final status is never ok; count it as the exit it would become.
+            Status::Exited | Status::Ok => self.exited += 1,
+            Status::Errored => self.errored += 1,
+            Status::Abnormal => self.abnormal += 1,
+            Status::Crashed => self.crashed += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.exited + self.errored + self.abnormal + self.crashed
+    }
+
+    pub fn by_status(&self) -> [(Status, u64); 4] {
+        [
+            (Status::Exited, self.exited),
+            (Status::Errored, self.errored),
+            (Status::Abnormal, self.abnormal),
+            (Status::Crashed, self.crashed),
+        ]
+    }
+}
+
+impl std::ops::AddAssign for Finalized {
+    fn add_assign(&mut self, other: Self) {
+        self.exited += other.exited;
+        self.errored += other.errored;
+        self.abnormal += other.abnormal;
+        self.crashed += other.crashed;
+    }
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Sessions this sweep finalized.
-    pub finalized: usize,
+    pub finalized: Finalized,
     /// Whether entries were left for the next sweep (the per-sweep limit was reached).
     pub more: bool,
 }

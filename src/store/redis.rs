@@ -33,12 +33,14 @@ use serde::Deserialize;
 use serde::de::IntoDeserializer;
 
 use super::cluster::ClusterRouter;
-use super::{Command, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept};
+use super::{
+    Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept,
+};
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
 use crate::domain::{
     Attributes, ClientHash, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
-    OnUserChange, Op, Policy, SessionId, SessionState,
+    OnUserChange, Op, Policy, SessionId, SessionState, Status,
 };
 
 /// How long past its retention a session id's pointer may outlive it: the pointer is
@@ -122,6 +124,8 @@ enum Reply {
         json: String,
         now: i64,
         extend_pointer_to: i64,
+        /// The final status of the session the call finalized, if any.
+        finalized: Option<Status>,
     },
     NeedId,
     /// A batch call held back behind an earlier call of its client that needs an id.
@@ -314,6 +318,7 @@ impl RedisStore {
                 json,
                 now,
                 extend_pointer_to,
+                finalized,
             } => {
                 let session = parse_session(&json)?;
                 if extend_pointer_to > 0 {
@@ -326,6 +331,7 @@ impl RedisStore {
                     session,
                     created,
                     now,
+                    finalized,
                 }
             }
             Reply::NoLive => Outcome::NoLiveSession,
@@ -528,6 +534,8 @@ impl SessionStore for RedisStore {
     /// Every bucket is swept by one script call, all sent at once. A bucket that cannot be
     /// swept now (its node is failing over) does not hold up the others.
     async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError> {
+        // sweep.lua's reply: finalized, looked at, then finalized by final status.
+        type SweepReply = (u64, usize, u64, u64, u64, u64);
         let sweeps = (0..BUCKETS).map(|bucket| {
             let prefix = bucket_prefix(&self.prefix, bucket);
             let mut call = self.sweep_script.key(format!("{prefix}due"));
@@ -544,7 +552,7 @@ impl SessionStore for RedisStore {
             }
             let mut con = self.connection.clone();
             async move {
-                self.bounded(call.invoke_async::<(usize, usize)>(&mut con))
+                self.bounded(call.invoke_async::<SweepReply>(&mut con))
                     .await
             }
         });
@@ -552,15 +560,20 @@ impl SessionStore for RedisStore {
         let mut failed = None;
         for result in join_all(sweeps).await {
             match result {
-                Ok((finalized, looked_at)) => {
-                    swept.finalized += finalized;
+                Ok((_, looked_at, exited, errored, abnormal, crashed)) => {
+                    swept.finalized += Finalized {
+                        exited,
+                        errored,
+                        abnormal,
+                        crashed,
+                    };
                     swept.more |= looked_at >= SWEEP_LIMIT;
                 }
                 Err(e) => failed = Some(e),
             }
         }
         match failed {
-            Some(e) if swept.finalized == 0 && !swept.more => Err(e),
+            Some(e) if swept.finalized.total() == 0 && !swept.more => Err(e),
             Some(e) => {
                 tracing::warn!(error = %e, "some buckets could not be swept; the next sweep tries again");
                 Ok(swept)
@@ -775,13 +788,20 @@ fn classify(e: RedisError) -> StoreError {
 }
 
 fn parse_reply(value: Value) -> Result<Reply, StoreError> {
-    let (kind, now, json, pointer): (String, i64, String, i64) = redis::from_redis_value(value)
-        .map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))?;
+    let (kind, now, json, pointer, finalized): (String, i64, String, i64, String) =
+        redis::from_redis_value(value)
+            .map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))?;
     Ok(match kind.as_str() {
         "s" => Reply::Session {
             json,
             now,
             extend_pointer_to: pointer,
+            finalized: match finalized.as_str() {
+                "" => None,
+                status => Some(Status::deserialize(status.into_deserializer()).map_err(
+                    |e: serde::de::value::Error| StoreError::Corrupt(format!("final status: {e}")),
+                )?),
+            },
         },
         "need" => Reply::NeedId,
         "skip" => Reply::Skipped,

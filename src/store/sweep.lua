@@ -6,7 +6,8 @@
 -- KEYS[1] the bucket's due index: a sorted set of clients (NS:HASH) by when to look again.
 -- ARGV: bucket key prefix, limit, stats_retention_ms, events_max, then per namespace its
 --       name, idle_ms, max_ms and mode; the name '' is the policy of namespaces not listed.
--- Returns {finalized, looked_at}.
+-- Returns {finalized, looked_at, then the finalized by final status: exited, errored, abnormal,
+-- crashed}.
 
 local prefix, limit = ARGV[1], tonumber(ARGV[2])
 local policies = {}
@@ -16,6 +17,7 @@ end
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local finalized = 0
+local by_status = {exited = 0, errored = 0, abnormal = 0, crashed = 0}
 for _, member in ipairs(due) do
   local ns = string.match(member, '^([^:]*):')
   local key = prefix .. 'c:' .. member
@@ -32,8 +34,9 @@ for _, member in ipairs(due) do
       finalize(H, s, ended_at(s, P, at_time))
       redis.call('SET', key, cjson.encode(s), 'KEEPTTL')
       finalized = finalized + 1
+      by_status[s.st] = by_status[s.st] + 1
     end
     redis.call('ZREM', KEYS[1], member)
   end
 end
-return {finalized, #due}
+return {finalized, #due, by_status.exited, by_status.errored, by_status.abnormal, by_status.crashed}

@@ -101,7 +101,51 @@ on_every_store!(
     a_report_for_an_unknown_or_expired_session_is_404_and_changes_nothing,
     reports_are_batch_operations_too,
     admin_calls_require_the_admin_token_when_one_is_set,
+    finalizations_are_counted_by_final_status,
 );
+
+/// `sessiond_sessions_finalized_total{status}` counts each finalization once, whoever makes it:
+/// an end, or the sweeper.
+async fn finalizations_are_counted_by_final_status(store: Store) {
+    let app = spawn_app(
+        store,
+        "sweep_interval = \"50ms\"\n[namespaces.app]\nidle_timeout = \"300ms\"\n",
+    )
+    .await;
+    let (ended, idle) = (new_client(), new_client());
+    app.tick(json!({"namespace": "app", "client": ended}))
+        .await
+        .expect(200);
+    let body = json!({"namespace": "app", "client": ended, "status": "crashed"});
+    app.end(body.clone()).await.expect(200);
+    app.end(body).await.expect(200);
+    app.tick(json!({"namespace": "app", "client": idle}))
+        .await
+        .expect(200);
+    let report = json!({"namespace": "app", "client": idle, "errors": 2});
+    app.post("/v1/sessions/report", report).await.expect(200);
+    let counted = |status: &str| {
+        let name = format!("sessiond_sessions_finalized_total{{status=\"{status}\"}} ");
+        let app = &app;
+        async move {
+            let text = app.get("/metrics").await.text;
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str()).map(str::to_owned))
+        }
+    };
+    // The idle session is found by the sweeper once it idles out.
+    let swept = eventually(std::time::Duration::from_secs(10), || async {
+        counted("errored").await.as_deref() == Some("1")
+    })
+    .await;
+    assert!(swept, "the sweeper's finalization was counted");
+    assert_eq!(
+        counted("crashed").await.as_deref(),
+        Some("1"),
+        "an end, counted once"
+    );
+    assert_eq!(counted("exited").await, None);
+}
 
 async fn a_scripted_day_gives_exact_stats_and_events(store: Store) {
     let app = spawn_app(store, &config("")).await;

@@ -604,7 +604,7 @@ impl Run {
     fn compare(
         &mut self,
         step: usize,
-        expected: &Answer,
+        (expected, finalized): (&Answer, Option<Status>),
         got: Outcome,
         ns: Ns,
         model_now: i64,
@@ -619,6 +619,7 @@ impl Run {
                     session,
                     created: got_created,
                     now,
+                    finalized: got_finalized,
                 },
             ) => {
                 let record = SessionRecord::at(ns_name(ns), &session, &policy(ns), now);
@@ -639,6 +640,11 @@ impl Run {
                 }
                 let checks = [
                     ("created", format!("{got_created}"), format!("{created}")),
+                    (
+                        "the session it finalized",
+                        format!("{got_finalized:?}"),
+                        format!("{finalized:?}"),
+                    ),
                     ("index", record.index.to_string(), view.index.to_string()),
                     (
                         "reason",
@@ -794,13 +800,19 @@ async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> 
                     )
                     .unwrap(),
                 };
+                let events_before = model.events.len();
                 let expected = model.call(*ns, *client, call, named, *release, *user);
+                // The session this call finalized, as its `ended` event says.
+                let finalized = model.events[events_before..]
+                    .iter()
+                    .find(|e| e.1 == EventKind::Ended)
+                    .map(|e| e.2);
                 let got = run
                     .store
                     .execute(&command)
                     .await
                     .map_err(|e| e.to_string())?;
-                run.compare(n, &expected, got, *ns, model.now)?;
+                run.compare(n, (&expected, finalized), got, *ns, model.now)?;
             }
         }
     }

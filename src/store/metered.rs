@@ -1,0 +1,90 @@
+//! A store wrapper that measures every call: its duration by call, its failures by kind, and
+//! whether the store answered last time. Every caller of the store goes through it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{Command, Found, Outcome, Policies, SessionStore, StoreError, Swept};
+use crate::domain::stats::{StatsQuery, StatsSummary};
+use crate::domain::{ClientHash, Event, EventId, Namespace, SessionId};
+use crate::telemetry::Metrics;
+
+pub struct Metered {
+    inner: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    pub fn new(inner: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn record<T>(&self, call: &'static str, started: Instant, result: &Result<T, StoreError>) {
+        self.metrics.observe_store_call(call, started.elapsed());
+        match result {
+            Ok(_) => {
+                self.metrics.store_up.set(1);
+            }
+            Err(e) => self.metrics.count_store_error(e),
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        call: &'static str,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = work.await;
+        self.record(call, started, &result);
+        result
+    }
+}
+
+#[async_trait]
+impl SessionStore for Metered {
+    async fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
+        self.timed("execute", self.inner.execute(command)).await
+    }
+
+    async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
+        let started = Instant::now();
+        let results = self.inner.execute_batch(commands).await;
+        // One observation per batch; its first failure (if any) says how the store fared.
+        let first_error = results.iter().find(|r| r.is_err()).cloned();
+        let fared = first_error.unwrap_or(Ok(Outcome::NoLiveSession));
+        self.record("execute_batch", started, &fared);
+        results
+    }
+
+    async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError> {
+        self.timed("find", self.inner.find(id)).await
+    }
+
+    async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError> {
+        self.timed("owner", self.inner.owner(id)).await
+    }
+
+    async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError> {
+        self.timed("sweep", self.inner.sweep(policies)).await
+    }
+
+    async fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.timed("events", self.inner.events(after, limit)).await
+    }
+
+    async fn stats(&self, query: &StatsQuery) -> Result<StatsSummary, StoreError> {
+        self.timed("stats", self.inner.stats(query)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
