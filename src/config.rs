@@ -56,6 +56,10 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "SESSIOND_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Instead of serving: asks the sessiond listening on --listen for /healthz and exits 0
+    /// when it answers 200 (for container health checks, which have no HTTP client).
+    #[arg(long)]
+    pub check_health: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,6 +12,7 @@ mod behaviour;
 mod cluster;
 mod concurrency;
 mod contract;
+mod deploy;
 mod health;
 mod model;
 mod outage;
