@@ -15,26 +15,12 @@ version="4.32.5"
 python3 -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$version')" 2>/dev/null \
   || python3 -m pip install --quiet "schemathesis==$version"
 
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 export SESSIOND_ADMIN_TOKEN="api-fuzz-admin-token-0123456789"
-SESSIOND_LOG_FORMAT=json "$binary" --listen 127.0.0.1:0 --config tests/schemathesis/sessiond.toml \
-  >"$work/sessiond.log" 2>&1 &
-pid="$!"
-port=""
-for _ in $(seq 1 100); do
-  port="$(grep -o '"port":[0-9]*' "$work/sessiond.log" | head -n1 | cut -d: -f2 || true)"
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "sessiond did not start:" >&2; cat "$work/sessiond.log" >&2; exit 1; }
+start_sessiond fuzzed "$binary" --config tests/schemathesis/sessiond.toml
+port="$(port_of fuzzed)"
 
 export SCHEMATHESIS_HOOKS="$PWD/tests/schemathesis/hooks.py"
 python3 -m schemathesis.cli --config-file tests/schemathesis/schemathesis.toml run openapi.yaml \
@@ -44,7 +30,7 @@ python3 tests/schemathesis/statuses.py openapi.yaml "${SESSIOND_SEEN_STATUSES:?n
   "$work"/report/*.yaml
 # actix-web logs a request it cannot parse at all (a header no HTTP allows) as an error; that
 # is the caller's, answered 400. Any other error, or any panic, is sessiond's.
-if grep '"level":"ERROR"\|panicked' "$work/sessiond.log" | grep -v 'request parse error'; then
+if grep '"level":"ERROR"\|panicked' "$work/fuzzed.log" | grep -v 'request parse error'; then
   echo "sessiond logged the error or panic above during the run" >&2
   exit 1
 fi

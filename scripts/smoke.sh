@@ -14,41 +14,16 @@ if [ -z "$k6" ]; then
   k6="$(python3 -c 'import sys; print(sys.prefix)')/bin/k6"
 fi
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Starts sessiond (named, with the given arguments) on a free port, in this shell so that the
-# cleanup sees its PID.
-start_sessiond() {
-  local name="$1"; shift
-  SESSIOND_LOG_FORMAT=json "$binary" --listen 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
-  pids+=("$!")
-}
-
-# Prints the port a started sessiond listens on, once it says so.
-port_of() {
-  for _ in $(seq 1 100); do
-    local port
-    port="$(grep -o '"port":[0-9]*' "$work/$1.log" | head -n1 | cut -d: -f2 || true)"
-    if [ -n "$port" ]; then echo "$port"; return; fi
-    sleep 0.1
-  done
-  echo "sessiond ($1) did not start:" >&2; cat "$work/$1.log" >&2; exit 1
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no --dir "$work" \
   >/dev/null 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 100); do [ -S "$work/redis.sock" ] && break; sleep 0.05; done
 
-start_sessiond memory
-SESSIOND_SECRET=smoke-secret-0123456789 start_sessiond redis --redis-url "redis+unix://$work/redis.sock"
+start_sessiond memory "$binary"
+SESSIOND_SECRET=smoke-secret-0123456789 start_sessiond redis "$binary" --redis-url "redis+unix://$work/redis.sock"
 memory_port="$(port_of memory)"
 redis_port="$(port_of redis)"
 

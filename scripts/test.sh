@@ -7,20 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update
-  $sudo apt-get install -y redis-server redis-tools
+  apt_install redis-server redis-tools
 fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # The statuses the integration suite sees, for the API fuzzing's reachability check.
-export SESSIOND_SEEN_STATUSES
-SESSIOND_SEEN_STATUSES="$(mktemp)"
-trap 'rm -f "$SESSIOND_SEEN_STATUSES"' EXIT
+export SESSIOND_SEEN_STATUSES="$work/seen-statuses"
 cargo test --locked
 bash scripts/smoke.sh target/debug/sessiond
 bash scripts/api-fuzz.sh target/debug/sessiond
+bash scripts/browser-test.sh target/debug/sessiond
 bash scripts/fuzz.sh 60

@@ -133,6 +133,8 @@ pub struct Settings {
     /// How often each instance sweeps the store for sessions that idled out.
     pub sweep_interval: Duration,
     pub workers: Option<usize>,
+    /// Serves the demo page at /demo.
+    pub demo: bool,
     pub namespaces: BTreeMap<Namespace, NamespaceSettings>,
 }
 
@@ -200,6 +202,7 @@ pub struct FileConfig {
     stats_retention: Option<ConfigDuration>,
     events_max_len: Option<usize>,
     workers: Option<usize>,
+    demo: Option<bool>,
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
@@ -457,6 +460,7 @@ impl Settings {
             admin_token: admin_token.map(SecretString::from),
             sweep_interval,
             workers: file.workers,
+            demo: file.demo.unwrap_or(false),
             namespaces,
         })
     }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod body;
 pub mod cors;
+pub mod demo;
 pub mod lookup;
 pub mod problem;
 pub mod sessions;
@@ -104,6 +105,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("/readyz", web::get().to(system::readyz)),
         ("/metrics", web::get().to(system::metrics)),
         ("/openapi.yaml", web::get().to(system::openapi)),
+        ("/demo", web::get().to(demo::page)),
+        ("/demo/sessiond.js", web::get().to(demo::client)),
     ] {
         cfg.service(
             web::resource(path)

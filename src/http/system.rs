@@ -16,8 +16,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: the store answers within its timeout.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let result = state.store.ping().await;
-    result?;
+    state.store.ping().await?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready", "store": state.store.kind()})))
 }
 

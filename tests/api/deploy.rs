@@ -238,3 +238,21 @@ async fn the_grafana_dashboard_asks_only_for_exported_metrics() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_demo_and_its_client_are_served_only_when_enabled() {
+    let off = crate::helpers::spawn_app(crate::helpers::Store::Memory, "").await;
+    off.get("/demo").await.problem(404);
+    off.get("/demo/sessiond.js").await.problem(404);
+    let on = crate::helpers::spawn_app(crate::helpers::Store::Memory, "demo = true").await;
+    let page = on.get("/demo").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("data-instrument") && page.text.contains("/demo/sessiond.js"));
+    let client = on.get("/demo/sessiond.js").await;
+    assert_eq!(client.status, 200);
+    let source = include_str!("../../clients/js/sessiond.js");
+    assert_eq!(
+        client.text, source,
+        "the client is served as it is in clients/js/"
+    );
+}
