@@ -19,7 +19,7 @@ async fn the_served_openapi_file_is_the_repository_file() {
 async fn every_documented_operation_is_routed_and_answers_as_documented() {
     let app = spawn_app(
         Store::Memory,
-        "[namespaces.web]\nallowed_origins = [\"https://a.example\"]",
+        "demo = true\n[namespaces.web]\nallowed_origins = [\"https://a.example\"]",
     )
     .await;
     let paths = spec().doc()["paths"].as_object().unwrap().clone();
