@@ -20,7 +20,6 @@ use actix_web::http::Method;
 use actix_web::http::header::HeaderName;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpRequest, Route, web};
-use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource};
@@ -123,8 +122,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Gives every request an id (the caller's `x-request-id` when it is 1 to 64 characters of
-/// `A-Z a-z 0-9 . _ -`, else a new one), logs within the request under it, echoes it in the
-/// response, and observes the request's duration by route pattern, method and status.
+/// `A-Z a-z 0-9 . _ -`, else a new one) that log lines written while serving it carry, echoes
+/// it in the response, and observes the request's duration by route pattern, method and status.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -137,13 +136,7 @@ pub async fn observe(
         .filter(|v| usable_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(telemetry::new_request_id);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %String::from_utf8_lossy(id.as_bytes()),
-        method = %method,
-        path = %req.path(),
-    );
-    let mut response = next.call(req).instrument(span).await?;
+    let mut response = telemetry::serve_as(id.clone(), next.call(req)).await?;
     response.headers_mut().insert(REQUEST_ID, id);
     if method != Method::OPTIONS
         && let Some(state) = response.request().app_data::<web::Data<AppState>>()

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::limits::{LimitKind, Limited};
 use crate::store::StoreError;
+use crate::telemetry;
 
 fn rate_limited_detail(limited: &Limited) -> String {
     let what = match limited.kind {
@@ -161,11 +162,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => {
-                tracing::warn!(%detail, "session store unavailable");
+                let request_id = telemetry::request_id();
+                tracing::warn!(request_id, %detail, "session store unavailable");
                 Self::StoreUnavailable
             }
             StoreError::Corrupt(detail) | StoreError::Failed(detail) => {
-                tracing::error!(%detail, "session store call failed");
+                let request_id = telemetry::request_id();
+                tracing::error!(request_id, %detail, "session store call failed");
                 Self::Internal
             }
         }

@@ -502,7 +502,11 @@ impl MemoryStore {
                     if !ks.ids.contains_key(&candidate) {
                         break candidate;
                     }
-                    tracing::warn!("session id collision among retained sessions; drawing again");
+                    let request_id = crate::telemetry::request_id();
+                    tracing::warn!(
+                        request_id,
+                        "session id collision among retained sessions; drawing again"
+                    );
                 };
                 let mut finalized_now = None;
                 if let Some(prev) = &previous {

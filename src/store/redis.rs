@@ -42,6 +42,7 @@ use crate::domain::{
     Attributes, ClientHash, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
     OnUserChange, Op, Policy, SessionId, SessionState, Status,
 };
+use crate::telemetry;
 
 /// How long past its retention a session id's pointer may outlive it: the pointer is
 /// extended only when a session's retention passes it, so busy sessions extend it rarely.
@@ -294,7 +295,11 @@ impl RedisStore {
             if set.is_some() {
                 return Ok(candidate);
             }
-            tracing::warn!("session id collision among retained sessions; drawing again");
+            let request_id = telemetry::request_id();
+            tracing::warn!(
+                request_id,
+                "session id collision among retained sessions; drawing again"
+            );
         }
     }
 
@@ -355,7 +360,8 @@ impl RedisStore {
         let mut con = self.connection.clone();
         let key = self.pointer_key(id);
         if let Err(e) = self.bounded(con.pexpire_at::<_, ()>(key, until_ms)).await {
-            tracing::warn!(error = %e, "could not extend a session id pointer; lookups by id may end early");
+            let request_id = telemetry::request_id();
+            tracing::warn!(request_id, error = %e, "could not extend a session id pointer; lookups by id may end early");
         }
     }
 
@@ -363,7 +369,8 @@ impl RedisStore {
     async fn release_id(&self, id: &SessionId) {
         let mut con = self.connection.clone();
         if let Err(e) = self.bounded(con.del::<_, ()>(self.pointer_key(id))).await {
-            tracing::warn!(error = %e, "could not release an unused session id; it expires on its own");
+            let request_id = telemetry::request_id();
+            tracing::warn!(request_id, error = %e, "could not release an unused session id; it expires on its own");
         }
     }
 

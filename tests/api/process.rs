@@ -190,13 +190,9 @@ fn logs_are_json_and_carry_the_request_id_each_response_echoes() {
     );
     let warning = app.log_line(|e| e["message"] == "session store unavailable");
     assert_eq!(warning["level"], "WARN");
-    assert_eq!(
-        warning["span"]["request_id"], "checkout-7f3a.42",
-        "{warning}"
-    );
-    assert_eq!(warning["span"]["path"], "/v1/sessions/tick", "{warning}");
+    assert_eq!(warning["request_id"], "checkout-7f3a.42", "{warning}");
     let second = app.log_line(|e| e["message"] == "session store unavailable");
-    assert_eq!(second["span"]["request_id"], generated.as_str(), "{second}");
+    assert_eq!(second["request_id"], generated.as_str(), "{second}");
     app.terminate();
     assert_eq!(app.exit_code(), Some(0));
 }
