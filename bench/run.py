@@ -149,8 +149,8 @@ def redis_info(sock, field):
 def bytes_per_session(procs, binary, sessions):
     """Starts `sessions` sessions (three attributes each) on a redis-server of its own."""
     sock = procs.redis("memory")
-    base = procs.start([binary, "--listen", "127.0.0.1:PORT", "--redis-url", f"redis+unix://{sock}"],
-                       env={"SESSIOND_SECRET": SECRET})
+    base = procs.start([binary, "--listen", "127.0.0.1:PORT", "--config", LOAD_CONFIG,
+                        "--redis-url", f"redis+unix://{sock}"], env={"SESSIOND_SECRET": SECRET})
     post(base, "/v1/sessions/tick", {"client": "bench-warm-up-client"})
     before = redis_info(sock, "used_memory")
     attrs = {"release": "1.4.2", "environment": "production", "platform": "web"}

@@ -1,4 +1,4 @@
--- Many decisions in one call (appended to lib.lua and decide.lua), in the order given, so
+-- Many decisions in one call (appended to hot.lua, lib.lua and decide.lua), in the order given, so
 -- one client's calls keep their order. A client whose call needs a new session id (the
 -- caller reserves ids outside this slot) has its later calls skipped; the caller runs them
 -- after, one by one. On a cluster, all keys of one batch call share a slot.
@@ -14,7 +14,8 @@ for n = 1, #KEYS / 2 do
     replies[n] = {'skip', now, '', 0, ''}
   else
     local first = 2 + (n - 1) * per
-    replies[n] = decide(keys, {unpack(ARGV, first, first + per - 1)})
+    local args = {unpack(ARGV, first, first + per - 1)}
+    replies[n] = decide_fast(keys, args, now) or decide(keys, args)
     if replies[n][1] == 'need' then waiting[keys[1]] = true end
   end
 end

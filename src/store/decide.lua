@@ -2,13 +2,14 @@
 -- and followed by session.lua or batch.lua, which call it). Implements the decision table
 -- of src/domain/decision.rs; keep the two in step.
 --
--- KEYS[1] the client's current session (JSON), KEYS[2] its archive (hash: id -> JSON);
--- both carry the client's {bucket} tag, as do the bucket's health keys written through H.
+-- KEYS[1] the client's current session (`PREFIX:{bucket}:c:NS:HASH`, a packed record),
+-- KEYS[2] its archive (hash: id -> packed record); both carry the client's {bucket} tag, as
+-- do the bucket's health keys written through H, whose prefix and namespace KEYS[1] gives.
 -- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
---       candidate, attributes, bucket key prefix, namespace, client member (NS:HASH),
+--       candidate, release, environment, platform, user_id ('' when not given),
 --       stats_retention_ms, events_max, report errors, report crashed
--- decide(KEYS, ARGV) returns {kind, now, session_json, pointer_expires_at, finalized}; kind is
+-- decide(KEYS, ARGV) returns {kind, now, session_record, pointer_expires_at, finalized}; kind is
 -- s(ession), need(s an id), nolive or unknown; finalized is the final status of the session the
 -- call finalized, or ''. pointer_expires_at > 0 asks the caller to extend the id's
 -- pointer.
@@ -20,9 +21,12 @@ local function decide(KEYS, ARGV)
   local P = {idle = tonumber(ARGV[5]), max = tonumber(ARGV[6]), mode = ARGV[7]}
   local on_user_change = ARGV[8]
   local client_ret, session_ret, slack = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-  local candidate, attrs = ARGV[12], cjson.decode(ARGV[13])
-  local H = {prefix = ARGV[14], ns = ARGV[15], stats_ret = tonumber(ARGV[17]), events_max = ARGV[18]}
-  local member = ARGV[16]
+  local candidate = ARGV[12]
+  local attrs = {release = present(ARGV[13], ''), environment = present(ARGV[14], ''),
+                 platform = present(ARGV[15], ''), user_id = present(ARGV[16], '')}
+  local prefix, member = string.match(KEYS[1], '^(.*}:)c:(.*)$')
+  local H = {prefix = prefix, ns = string.match(member, '^[^:]*'), stats_ret = tonumber(ARGV[17]),
+             events_max = ARGV[18]}
   local report_errors, report_crashed = tonumber(ARGV[19]), ARGV[20] == '1'
   local may_start = not ((op == 'current' and not create) or op == 'end' or op == 'report')
 
@@ -41,16 +45,16 @@ local function decide(KEYS, ARGV)
     return {kind, now, x or '', pointer or 0, finalized}
   end
 
-  -- Saves the current session; returns its JSON and the pointer expiry to extend, if due.
+  -- Saves the current session; returns its record and the pointer expiry to extend, if due.
   local function save(x)
     local pointer = 0
     if retained_until(x) > x.px then
       x.px = retained_until(x) + slack
       pointer = x.px
     end
-    local json = cjson.encode(x)
-    redis.call('SET', KEYS[1], json, 'PXAT', math.max(x.t + client_ret, retained_until(x)))
-    return json, pointer
+    local record = pack_record(x)
+    redis.call('SET', KEYS[1], record, 'PXAT', math.max(x.t + client_ret, retained_until(x)))
+    return record, pointer
   end
 
   -- Keeps a finalized session readable by id, dropping archived ones past retention.
@@ -58,11 +62,11 @@ local function decide(KEYS, ARGV)
     local latest = 0
     local entries = redis.call('HGETALL', KEYS[2])
     for n = 1, #entries, 2 do
-      local e = cjson.decode(entries[n + 1]).e
+      local e = unpack_record(entries[n + 1]).e
       if e + session_ret <= now then redis.call('HDEL', KEYS[2], entries[n]) else latest = math.max(latest, e) end
     end
     if done.e + session_ret > now then
-      redis.call('HSET', KEYS[2], done.s, cjson.encode(done))
+      redis.call('HSET', KEYS[2], done.s, pack_record(done))
       latest = math.max(latest, done.e)
     end
     if latest > 0 then redis.call('PEXPIREAT', KEYS[2], latest + session_ret) end
@@ -82,9 +86,9 @@ local function decide(KEYS, ARGV)
     stat(H, x, 'started', 1)
     user_marks(H, x)
     redis.call('ZADD', H.prefix .. 'due', (deadline(x, P)), member)
-    local json = save(x)
+    local record = save(x)
     -- The caller reserved the id's pointer for this first stretch; nothing to extend yet.
-    return reply('s', json)
+    return reply('s', record)
   end
 
   local raw = redis.call('GET', KEYS[1])
@@ -92,19 +96,19 @@ local function decide(KEYS, ARGV)
     if may_start then return start(nil, 'new_client') end
     return reply('nolive')
   end
-  local s = cjson.decode(raw)
+  local s = unpack_record(raw)
   now = math.max(now, s.t)
 
   if named ~= '' and named ~= s.s then
     local archived = redis.call('HGET', KEYS[2], named)
     if not archived then return reply('unknown') end
-    local x = cjson.decode(archived)
+    local x = unpack_record(archived)
     if x.e + session_ret <= now then return reply('unknown') end
     if op == 'report' then
       local before = x.st
       if apply_report(x, report_errors, report_crashed) then
         amend(H, x, before, x.e)
-        archived = cjson.encode(x)
+        archived = pack_record(x)
         redis.call('HSET', KEYS[2], named, archived)
       end
     end
@@ -167,6 +171,6 @@ local function decide(KEYS, ARGV)
     redis.call('ZADD', H.prefix .. 'due', 'LT', (deadline(s, P)), member)
   end
   if not changed then return reply('s', raw) end
-  local json, pointer = save(s)
-  return reply('s', json, pointer)
+  local record, pointer = save(s)
+  return reply('s', record, pointer)
 end

@@ -1,16 +1,53 @@
-#!lua
--- Shared by the decision and sweep scripts, which are appended to it: the store's clock,
--- deadlines, finalization, lifecycle events and stats. Implements src/domain (decision.rs,
+-- Shared by the decision, sweep and find scripts, which are appended to it (after hot.lua):
+-- the store's clock, records, deadlines, finalization, lifecycle events and stats. Implements src/domain (decision.rs,
 -- health.rs, stats.rs); keep them in step.
 --
 -- A health context H = {prefix, ns, stats_ret, events_max} names the client's bucket
 -- (`PREFIX:{bucket}:`, whose hash tag every key written here carries), its namespace, how
 -- long stats are kept, and about how many events the bucket's stream keeps.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local HOUR = 3600000
 local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
+
+-- A session record, as its client's current-session key and archive keep it: packed with
+-- struct, which costs a fraction of cjson to read and write. Decoded, a record is the table
+-- {s, i, p, t0, t, bg, e, st, n, f, r, px, a = {release, environment, platform, user_id}};
+-- absent fields are nil. src/store/record.rs reads the same layout; keep the two in step.
+-- Packed (big-endian): format 1, id, previous id, index, started, last activity, background
+-- since, ended, pointer expiry, errors, status, reason, finalized, then the four attributes;
+-- strings carry their length, absent times and strings are 0 and ''.
+local RECORD = '>BBc0Bc0I4I6I6I6I6I6I6BBBHc0Hc0Hc0Hc0'
+local STATUS = {[0] = 'ok', 'exited', 'errored', 'abnormal', 'crashed'}
+local REASON = {[0] = 'new_client', 'idle_timeout', 'max_duration', 'ended', 'user_change'}
+local STATUS_CODE, REASON_CODE = {}, {}
+for code, name in pairs(STATUS) do STATUS_CODE[name] = code end
+for code, name in pairs(REASON) do REASON_CODE[name] = code end
+
+local function present(v, absent)
+  if v == absent then return nil end
+  return v
+end
+
+local function unpack_record(raw)
+  -- A record written before records were packed is JSON of the same table.
+  if string.byte(raw, 1) == 123 then return cjson.decode(raw) end
+  local _, s, p, i, t0, t, bg, e, px, n, st, r, f, release, environment, platform, user =
+    struct.unpack(RECORD, raw)
+  return {s = s, p = present(p, ''), i = i, t0 = t0, t = t, bg = present(bg, 0), e = present(e, 0),
+    px = px, n = present(n, 0), st = STATUS[st], r = REASON[r], f = present(f == 1, false),
+    a = {release = present(release, ''), environment = present(environment, ''),
+         platform = present(platform, ''), user_id = present(user, '')}}
+end
+
+local function pack_record(x)
+  local p, a = x.p or '', x.a
+  local release, environment = a.release or '', a.environment or ''
+  local platform, user = a.platform or '', a.user_id or ''
+  return struct.pack(RECORD, 1, #x.s, x.s, #p, p, x.i, x.t0, x.t, x.bg or 0, x.e or 0, x.px or 0,
+    x.n or 0, STATUS_CODE[x.st], REASON_CODE[x.r], x.f and 1 or 0, #release, release,
+    #environment, environment, #platform, platform, #user, user)
+end
 
 -- The worse of two statuses; on a tie the second, so ok ended as exited is exited.
 local function worse(a, b)

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod memory;
 pub mod metered;
+mod record;
 pub mod redis;
 
 use std::time::Duration;

@@ -2,9 +2,10 @@
 //! script on the Redis server's clock, touching keys of one hash slot only.
 //!
 //! Keys (a client's keys share the `{bucket}` hash tag of its bucket, so they live in one slot):
-//! - `PREFIX:{bucket}:c:NS:HASH`  the client's current session, JSON, expiring with client
-//!   retention;
-//! - `PREFIX:{bucket}:a:NS:HASH`  hash of the client's earlier sessions still retained;
+//! - `PREFIX:{bucket}:c:NS:HASH`  the client's current session, a packed record (`record.rs`),
+//!   expiring with client retention;
+//! - `PREFIX:{bucket}:a:NS:HASH`  hash of the client's earlier sessions still retained (id ->
+//!   packed record);
 //! - `PREFIX:id:{ID}`  the pointer from a session id to its client (`NS:HASH`). Reserving it
 //!   with `SET NX` is what makes ids unique among retained sessions; it has its own slot, so
 //!   it is written in a step of its own, before the script that starts the session.
@@ -33,6 +34,7 @@ use serde::Deserialize;
 use serde::de::IntoDeserializer;
 
 use super::cluster::ClusterRouter;
+use super::record;
 use super::{
     Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept,
 };
@@ -122,7 +124,7 @@ const SWEEP_LIMIT: usize = 500;
 /// A script's answer before it is read into an [`Outcome`].
 enum Reply {
     Session {
-        json: String,
+        record: Vec<u8>,
         now: i64,
         extend_pointer_to: i64,
         /// The final status of the session the call finalized, if any.
@@ -167,17 +169,33 @@ impl RedisStore {
             ids,
             retention,
             session_script: Script::new(concat!(
+                "#!lua\n",
+                include_str!("hot.lua"),
+                // Returns early on the hot path, before the rest is set up.
+                include_str!("session.lua"),
                 include_str!("lib.lua"),
                 include_str!("decide.lua"),
-                include_str!("session.lua")
+                "return decide(KEYS, ARGV)\n"
             )),
             batch_script: Script::new(concat!(
+                "#!lua\n",
+                include_str!("hot.lua"),
                 include_str!("lib.lua"),
                 include_str!("decide.lua"),
                 include_str!("batch.lua")
             )),
-            sweep_script: Script::new(concat!(include_str!("lib.lua"), include_str!("sweep.lua"))),
-            find_script: Script::new(include_str!("find.lua")),
+            sweep_script: Script::new(concat!(
+                "#!lua\n",
+                include_str!("hot.lua"),
+                include_str!("lib.lua"),
+                include_str!("sweep.lua")
+            )),
+            find_script: Script::new(concat!(
+                "#!lua\n",
+                include_str!("hot.lua"),
+                include_str!("lib.lua"),
+                include_str!("find.lua")
+            )),
             events_script: Script::new(include_str!("events.lua")),
         })
     }
@@ -213,8 +231,8 @@ impl RedisStore {
         cmd: &Command,
         candidate: Option<&SessionId>,
     ) {
-        let (namespace, hash) = (cmd.namespace.as_str(), cmd.client.as_str());
-        let [current, archive] = client_keys(&self.prefix, namespace, hash);
+        let [current, archive] =
+            client_keys(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
         let (op, create, status, report) = match &cmd.op {
             Op::Current { create } => ("current", *create, None, None),
             Op::Tick => ("tick", true, None, None),
@@ -224,6 +242,8 @@ impl RedisStore {
             Op::Report { report, .. } => ("report", false, None, Some(report)),
         };
         let policy = &cmd.policy;
+        let attribute = |value: &Option<String>| value.clone().unwrap_or_default();
+        let attributes = &cmd.attributes;
         call.key(current)
             .key(archive)
             .arg(op)
@@ -241,10 +261,10 @@ impl RedisStore {
             .arg(self.retention.session_ms())
             .arg(POINTER_SLACK_MS)
             .arg(candidate.map_or("", SessionId::as_str))
-            .arg(attributes_json(&cmd.attributes))
-            .arg(bucket_prefix(&self.prefix, bucket_of(hash)))
-            .arg(namespace)
-            .arg(format!("{namespace}:{hash}"))
+            .arg(attribute(&attributes.release))
+            .arg(attribute(&attributes.environment))
+            .arg(attribute(&attributes.platform))
+            .arg(attribute(&attributes.user_id))
             .arg(self.retention.stats_ms())
             .arg(self.events_per_bucket())
             .arg(report.map_or(0, |r| r.errors()))
@@ -320,12 +340,12 @@ impl RedisStore {
     ) -> Result<Outcome, StoreError> {
         let outcome = match reply {
             Reply::Session {
-                json,
+                record,
                 now,
                 extend_pointer_to,
                 finalized,
             } => {
-                let session = parse_session(&json)?;
+                let session = parse_session(&record)?;
                 if extend_pointer_to > 0 {
                     self.extend_pointer(&session.id, extend_pointer_to).await;
                 }
@@ -504,7 +524,7 @@ impl SessionStore for RedisStore {
             return Err(StoreError::Corrupt(format!("pointer of {id} holds no tag")));
         };
         let [current, archive] = client_keys(&self.prefix, namespace, hash);
-        let (now, json): (i64, String) = self
+        let (now, record): (i64, Vec<u8>) = self
             .bounded(
                 self.find_script
                     .key(current)
@@ -513,12 +533,12 @@ impl SessionStore for RedisStore {
                     .invoke_async(&mut con),
             )
             .await?;
-        if json.is_empty() {
+        if record.is_empty() {
             return Ok(None);
         }
         Ok(Some(Found {
             namespace: namespace.to_owned(),
-            session: parse_session(&json)?,
+            session: parse_session(&record)?,
             now,
         }))
     }
@@ -780,11 +800,6 @@ fn end_status_name(status: EndStatus) -> &'static str {
     }
 }
 
-fn attributes_json(attributes: &Attributes) -> String {
-    // Serializing four optional strings cannot fail.
-    serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into())
-}
-
 /// Transient failures (connection, timeout, failover) make the store unavailable; anything
 /// else is a fault of ours or of the data.
 fn classify(e: RedisError) -> StoreError {
@@ -795,12 +810,12 @@ fn classify(e: RedisError) -> StoreError {
 }
 
 fn parse_reply(value: Value) -> Result<Reply, StoreError> {
-    let (kind, now, json, pointer, finalized): (String, i64, String, i64, String) =
+    let (kind, now, record, pointer, finalized): (String, i64, Vec<u8>, i64, String) =
         redis::from_redis_value(value)
             .map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))?;
     Ok(match kind.as_str() {
         "s" => Reply::Session {
-            json,
+            record,
             now,
             extend_pointer_to: pointer,
             finalized: match finalized.as_str() {
@@ -818,8 +833,8 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
     })
 }
 
-fn parse_session(json: &str) -> Result<SessionState, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("stored session: {e}")))
+fn parse_session(raw: &[u8]) -> Result<SessionState, StoreError> {
+    record::parse(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
--- One decision for one client (appended to lib.lua and decide.lua): KEYS and ARGV as
--- decide.lua describes them.
-return decide(KEYS, ARGV)
+-- One decision for one client (KEYS and ARGV as decide.lua takes them): the hot path when it
+-- applies (appended to hot.lua; lib.lua and decide.lua follow, and then decide()).
+do
+  local reply = decide_fast(KEYS, ARGV, clock())
+  if reply then return reply end
+end

@@ -1,5 +1,5 @@
 -- Finalizes the sessions of one bucket that idled out while their clients stayed away
--- (appended to lib.lua). One bucket is one atomic call, so instances sweeping at the same
+-- (appended to hot.lua and lib.lua). One bucket is one atomic call, so instances sweeping at the same
 -- time never finalize a session twice: the first marks it finalized, the next sees that.
 -- Implements `sweep` of src/domain/decision.rs; keep the two in step.
 --
@@ -22,7 +22,7 @@ for _, member in ipairs(due) do
   local ns = string.match(member, '^([^:]*):')
   local key = prefix .. 'c:' .. member
   local raw = redis.call('GET', key)
-  local s = raw and cjson.decode(raw)
+  local s = raw and unpack_record(raw)
   local P = policies[ns] or policies['']
   local at_time = s and math.max(now, s.t)
   local at = s and not s.f and deadline(s, P)
@@ -32,7 +32,7 @@ for _, member in ipairs(due) do
     if s and not s.f then
       local H = {prefix = prefix, ns = ns, stats_ret = tonumber(ARGV[3]), events_max = ARGV[4]}
       finalize(H, s, ended_at(s, P, at_time))
-      redis.call('SET', key, cjson.encode(s), 'KEEPTTL')
+      redis.call('SET', key, pack_record(s), 'KEEPTTL')
       finalized = finalized + 1
       by_status[s.st] = by_status[s.st] + 1
     end

@@ -88,8 +88,18 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
             .await
             .unwrap();
         let value = match kind.as_str() {
-            "string" => con.get::<_, String>(key).await.unwrap(),
-            "hash" => format!("{:?}", con.hgetall::<_, Vec<String>>(key).await.unwrap()),
+            // Session records are packed binary; their text parts show through.
+            "string" => {
+                String::from_utf8_lossy(&con.get::<_, Vec<u8>>(key).await.unwrap()).into_owned()
+            }
+            "hash" => con
+                .hgetall::<_, Vec<Vec<u8>>>(key)
+                .await
+                .unwrap()
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
             "zset" => format!(
                 "{:?}",
                 con.zrange::<_, Vec<String>>(key, 0, -1).await.unwrap()

@@ -1,0 +1,177 @@
+//! Reads the packed session records the Redis scripts keep (`pack_record` in lib.lua); keep
+//! the two in step. Records written as JSON before records were packed are still read.
+
+use thiserror::Error;
+
+use crate::domain::{Attributes, Reason, SessionId, SessionState, Status};
+
+/// The format byte that opens a packed record.
+const PACKED: u8 = 1;
+
+#[derive(Debug, Error)]
+#[error("stored session: {0}")]
+pub struct BadRecord(String);
+
+/// Reads one record: packed (format 1), or JSON (it opens with `{`).
+pub fn parse(raw: &[u8]) -> Result<SessionState, BadRecord> {
+    match raw.first() {
+        Some(b'{') => serde_json::from_slice(raw).map_err(|e| BadRecord(e.to_string())),
+        Some(&PACKED) => Reader { raw, at: 1 }.session(),
+        _ => Err(BadRecord("unknown record format".into())),
+    }
+}
+
+struct Reader<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], BadRecord> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.raw.len());
+        let end = end.ok_or_else(|| BadRecord(format!("cut short at byte {}", self.at)))?;
+        let bytes = &self.raw[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    /// A big-endian unsigned integer of `n` bytes.
+    fn number(&mut self, n: usize) -> Result<u64, BadRecord> {
+        Ok(self
+            .bytes(n)?
+            .iter()
+            .fold(0, |v, &b| (v << 8) | u64::from(b)))
+    }
+
+    fn time(&mut self) -> Result<i64, BadRecord> {
+        // Six bytes always fit.
+        Ok(self.number(6)? as i64)
+    }
+
+    fn optional_time(&mut self) -> Result<Option<i64>, BadRecord> {
+        Ok(Some(self.time()?).filter(|&t| t > 0))
+    }
+
+    /// A string after its length in `len_bytes` bytes; `None` when empty.
+    fn text(&mut self, len_bytes: usize) -> Result<Option<String>, BadRecord> {
+        let len = self.number(len_bytes)? as usize;
+        let bytes = self.bytes(len)?;
+        let text = std::str::from_utf8(bytes).map_err(|e| BadRecord(e.to_string()))?;
+        Ok(Some(text.to_owned()).filter(|t| !t.is_empty()))
+    }
+
+    fn id(&mut self) -> Result<Option<SessionId>, BadRecord> {
+        self.text(1)?
+            .map(|id| SessionId::parse(&id).map_err(|_| BadRecord(format!("session id {id:?}"))))
+            .transpose()
+    }
+
+    fn session(mut self) -> Result<SessionState, BadRecord> {
+        let id = self
+            .id()?
+            .ok_or_else(|| BadRecord("no session id".into()))?;
+        let previous = self.id()?;
+        let index = self.number(4)?;
+        let started_at = self.time()?;
+        let last_activity_at = self.time()?;
+        let background_since = self.optional_time()?;
+        let ended_at = self.optional_time()?;
+        let _pointer_expires_at = self.time()?;
+        let errors = self.number(6)?;
+        let status = match self.number(1)? {
+            0 => Status::Ok,
+            1 => Status::Exited,
+            2 => Status::Errored,
+            3 => Status::Abnormal,
+            4 => Status::Crashed,
+            code => return Err(BadRecord(format!("status {code}"))),
+        };
+        let reason = match self.number(1)? {
+            0 => Reason::NewClient,
+            1 => Reason::IdleTimeout,
+            2 => Reason::MaxDuration,
+            3 => Reason::Ended,
+            4 => Reason::UserChange,
+            code => return Err(BadRecord(format!("reason {code}"))),
+        };
+        let finalized = self.number(1)? == 1;
+        let attributes = Attributes {
+            release: self.text(2)?,
+            environment: self.text(2)?,
+            platform: self.text(2)?,
+            user_id: self.text(2)?,
+        };
+        Ok(SessionState {
+            id,
+            index,
+            previous,
+            started_at,
+            last_activity_at,
+            background_since,
+            ended_at,
+            status,
+            errors,
+            finalized,
+            reason,
+            attributes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as lib.lua's pack_record writes it (checked against Redis by the store tests).
+    fn packed() -> Vec<u8> {
+        let mut raw = vec![PACKED, 20];
+        raw.extend_from_slice(b"1454552aede69aa12d19");
+        raw.push(0); // no previous id
+        raw.extend_from_slice(&3u32.to_be_bytes());
+        for time in [1_795_569_300_539u64, 1_795_569_300_600, 0, 0, 5] {
+            raw.extend_from_slice(&time.to_be_bytes()[2..]);
+        }
+        raw.extend_from_slice(&2u64.to_be_bytes()[2..]);
+        raw.extend_from_slice(&[2, 1, 1]); // errored, idle_timeout, finalized
+        for value in ["1.2.3", "", "", "u"] {
+            raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            raw.extend_from_slice(value.as_bytes());
+        }
+        raw
+    }
+
+    #[test]
+    fn reads_a_packed_record() {
+        let session = parse(&packed()).unwrap();
+        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
+        assert_eq!(session.previous, None);
+        assert_eq!(session.index, 3);
+        assert_eq!(session.started_at, 1_795_569_300_539);
+        assert_eq!(session.last_activity_at, 1_795_569_300_600);
+        assert_eq!((session.background_since, session.ended_at), (None, None));
+        assert_eq!(session.errors, 2);
+        assert_eq!(session.status, Status::Errored);
+        assert_eq!(session.reason, Reason::IdleTimeout);
+        assert!(session.finalized);
+        assert_eq!(session.attributes.release.as_deref(), Some("1.2.3"));
+        assert_eq!(session.attributes.environment, None);
+        assert_eq!(session.attributes.user_id.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn reads_a_json_record_of_earlier_versions() {
+        let session = parse(
+            br#"{"s":"1454552aede69aa12d19","i":1,"t0":5,"t":6,"st":"ok","r":"new_client","a":{}}"#,
+        )
+        .unwrap();
+        assert_eq!((session.index, session.started_at), (1, 5));
+    }
+
+    #[test]
+    fn a_cut_record_is_an_error_not_a_panic() {
+        let raw = packed();
+        for len in 0..raw.len() {
+            assert!(parse(&raw[..len]).is_err(), "cut at {len}");
+        }
+    }
+}
