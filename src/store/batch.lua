@@ -15,7 +15,8 @@ for n = 1, #KEYS / 2 do
   else
     local first = 2 + (n - 1) * per
     local args = {unpack(ARGV, first, first + per - 1)}
-    replies[n] = decide_fast(keys, args, now) or decide(keys, args)
+    replies[n] = decide_fast(keys[1], args[1], args[16], tonumber(args[5]), tonumber(args[6]),
+      args[7], tonumber(args[9]), tonumber(args[10]), now) or decide(keys, args)
     if replies[n][1] == 'need' then waiting[keys[1]] = true end
   end
 end

@@ -1,6 +1,3 @@
--- One decision for one client (KEYS and ARGV as decide.lua takes them): the hot path when it
--- applies (appended to hot.lua; lib.lua and decide.lua follow, and then decide()).
-do
-  local reply = decide_fast(KEYS, ARGV, clock())
-  if reply then return reply end
-end
+-- One decision for one client (appended to hot.lua, lib.lua and decide.lua): KEYS and ARGV
+-- as decide.lua describes them.
+return decide(KEYS, ARGV)

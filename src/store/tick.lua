@@ -1,0 +1,8 @@
+-- The hot script (appended to hot.lua): a tick or current call, decided when decide_fast()
+-- can, with only what it needs.
+-- KEYS[1] the client's current session; ARGV: op, user_id ('' when not given), idle_ms,
+-- max_ms ('' for none), mode, client_retention_ms, session_retention_ms.
+-- Returns decide()'s reply, or {'slow', now, '', 0, ''}: the caller then makes the full call.
+local now = clock()
+return decide_fast(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5],
+  tonumber(ARGV[6]), tonumber(ARGV[7]), now) or {'slow', now, '', 0, ''}
