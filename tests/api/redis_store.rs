@@ -1,10 +1,11 @@
 //! What only the Redis store has to prove: every key of a client, a session or a day of stats
-//! expires, the per-bucket health keys stay bounded, and raw client keys never reach Redis.
+//! expires, the per-bucket health keys stay bounded, raw client keys never reach Redis, and
+//! records of earlier versions are still read.
 
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{SWEEP_BOUND, eventually, new_client, spawn_on_redis, wait_past};
+use crate::helpers::{SWEEP_BOUND, eventually, millis, new_client, spawn_on_redis, wait_past};
 use crate::redis_server;
 
 #[tokio::test]
@@ -121,4 +122,41 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
             "raw client key in the value of {key}"
         );
     }
+}
+
+/// A session kept as JSON by an earlier version is still read: the client keeps its session,
+/// and the record is written back packed on its next change.
+#[tokio::test]
+async fn a_session_record_written_as_json_by_an_earlier_version_is_still_read() {
+    let redis = redis_server::shared();
+    let prefix = format!("j{}", &new_client()[..12]);
+    let app = spawn_on_redis(&format!("key_prefix = \"{prefix}\""), redis.clone()).await;
+    let client = new_client();
+    let first = app
+        .tick(json!({"client": client, "attributes": {"release": "1.0"}}))
+        .await
+        .expect(200);
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = con.keys(format!("{prefix}:*:c:*")).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let started = millis(&first["started_at"]);
+    let earlier = json!({"s": first["session_id"], "i": 1, "t0": started, "t": started,
+        "st": "ok", "r": "new_client", "a": {"release": "1.0"}, "px": started + 86_400_000});
+    let _: () = con.set(&keys[0], earlier.to_string()).await.unwrap();
+
+    for call in ["current", "tick"] {
+        let answer = app
+            .post(&format!("/v1/sessions/{call}"), json!({"client": client}))
+            .await
+            .expect(200);
+        assert_eq!(answer["session_id"], first["session_id"], "{call}");
+        assert_eq!(answer["created"], false, "{call}");
+        assert_eq!(answer["attributes"]["release"], "1.0", "{call}");
+    }
+    let record: Vec<u8> = con.get(&keys[0]).await.unwrap();
+    assert_eq!(record.first(), Some(&1), "rewritten packed after the tick");
 }
