@@ -1,6 +1,6 @@
 -- Shared by the decision, sweep and find scripts, which are appended to it (after hot.lua):
--- the store's clock, records, deadlines, finalization, lifecycle events and stats. Implements src/domain (decision.rs,
--- health.rs, stats.rs); keep them in step.
+-- the store's clock, records, deadlines, finalization, lifecycle events and stats.
+-- Implements src/domain (decision.rs, health.rs, stats.rs); keep them in step.
 --
 -- A health context H = {prefix, ns, stats_ret, events_max} names the client's bucket
 -- (`PREFIX:{bucket}:`, whose hash tag every key written here carries), its namespace, how

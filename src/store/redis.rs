@@ -248,7 +248,6 @@ impl RedisStore {
             Op::Report { report, .. } => ("report", false, None, Some(report)),
         };
         let policy = &cmd.policy;
-        let attribute = |value: &Option<String>| value.clone().unwrap_or_default();
         let attributes = &cmd.attributes;
         call.key(current)
             .key(archive)
@@ -267,10 +266,10 @@ impl RedisStore {
             .arg(self.retention.session_ms())
             .arg(POINTER_SLACK_MS)
             .arg(candidate.map_or("", SessionId::as_str))
-            .arg(attribute(&attributes.release))
-            .arg(attribute(&attributes.environment))
-            .arg(attribute(&attributes.platform))
-            .arg(attribute(&attributes.user_id))
+            .arg(attributes.release.as_deref().unwrap_or_default())
+            .arg(attributes.environment.as_deref().unwrap_or_default())
+            .arg(attributes.platform.as_deref().unwrap_or_default())
+            .arg(attributes.user_id.as_deref().unwrap_or_default())
             .arg(self.retention.stats_ms())
             .arg(self.events_per_bucket())
             .arg(report.map_or(0, |r| r.errors()))

@@ -1,6 +1,7 @@
 -- Finalizes the sessions of one bucket that idled out while their clients stayed away
--- (appended to hot.lua and lib.lua). One bucket is one atomic call, so instances sweeping at the same
--- time never finalize a session twice: the first marks it finalized, the next sees that.
+-- (appended to hot.lua and lib.lua). One bucket is one atomic call, so instances sweeping at
+-- the same time never finalize a session twice: the first marks it finalized, the next sees
+-- that.
 -- Implements `sweep` of src/domain/decision.rs; keep the two in step.
 --
 -- KEYS[1] the bucket's due index: a sorted set of clients (NS:HASH) by when to look again.

@@ -182,11 +182,7 @@ impl TestApp {
     pub async fn redis_keys(&self, pattern: &str) -> Option<Vec<String>> {
         let mut keys = match self.backend.clone()? {
             Backend::Redis(server) => {
-                let mut con = redis::Client::open(server.url())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut con = server.connection().await;
                 redis::AsyncCommands::keys(&mut con, pattern).await.unwrap()
             }
             Backend::Cluster(cluster) => {

@@ -31,6 +31,15 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket().display())
     }
 
+    /// A connection of the test's own, to look at what the store wrote.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     /// Starts redis-server again on the same socket (after `stop`), and waits until it answers.
     pub fn restart(&self) {
         let mut child = self.child.lock().unwrap();

@@ -36,11 +36,7 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
         .await
         .expect(200);
 
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = redis.connection().await;
     // Once the sweeper has passed b's deadline it drops b's entry (b's session was ended, so
     // finalized already): a due index holds live sessions only, and stays bounded without an
     // expiry (an emptied one is gone).
@@ -136,11 +132,7 @@ async fn a_session_record_written_as_json_by_an_earlier_version_is_still_read() 
         .tick(json!({"client": client, "attributes": {"release": "1.0"}}))
         .await
         .expect(200);
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = redis.connection().await;
     let keys: Vec<String> = con.keys(format!("{prefix}:*:c:*")).await.unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     let started = millis(&first["started_at"]);
