@@ -75,6 +75,8 @@ impl Application {
                     settings.store_timeout,
                     ids.clone(),
                     settings.retention,
+                    // The workers, and the thread that runs the sweeper.
+                    settings.workers.unwrap_or_else(default_workers) + 1,
                 )
                 .map_err(|e| StartError::Redis(e.to_string()))?;
                 tracing::info!(prefix = %settings.key_prefix, "sessions are kept in {kind}");
@@ -233,4 +235,9 @@ fn spawn_sweeper(state: std::sync::Weak<AppState>) {
             }
         }
     });
+}
+
+/// How many workers actix starts when none are configured.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -99,7 +100,10 @@ impl ConnectionLike for Connection {
 }
 
 pub struct RedisStore {
-    connection: Connection,
+    /// One connection per thread that calls the store (actix workers and the sweeper), so a
+    /// call and the connection's driver task run on the same thread: handing each reply from
+    /// one shared driver to the other workers cost more than the extra connections.
+    connections: Box<[Connection]>,
     prefix: String,
     timeout: Duration,
     ids: Arc<dyn IdSource>,
@@ -149,6 +153,7 @@ impl RedisStore {
         timeout: Duration,
         ids: Arc<dyn IdSource>,
         retention: Retention,
+        threads: usize,
     ) -> RedisResult<Self> {
         // Bounded connection and response times, and a short reconnect backoff, so a call
         // during an outage or a failover fails within the store timeout and recovery is quick.
@@ -158,15 +163,21 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200))
             .set_number_of_retries(2);
-        let connection = match target {
+        let connections = match target {
             Target::Single(url) => {
                 let client = redis::Client::open(url)?;
-                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+                (0..threads.max(1))
+                    .map(|_| {
+                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                            .map(Connection::Single)
+                    })
+                    .collect::<RedisResult<_>>()?
             }
-            Target::Cluster(urls) => Connection::Cluster(ClusterRouter::new(urls, config)?),
+            // The router keeps a connection per node and is shared.
+            Target::Cluster(urls) => vec![Connection::Cluster(ClusterRouter::new(urls, config)?)],
         };
         Ok(Self {
-            connection,
+            connections: connections.into(),
             prefix: prefix.to_owned(),
             timeout,
             ids,
@@ -204,6 +215,19 @@ impl RedisStore {
             )),
             events_script: Script::new(include_str!("events.lua")),
         })
+    }
+
+    /// The calling thread's connection. A lazy connection is made on its first use, so its
+    /// driver task runs on the runtime of the thread that uses it.
+    fn connection(&self) -> Connection {
+        thread_local! {
+            static SLOT: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            };
+        }
+        let slot = SLOT.with(|slot| *slot);
+        self.connections[slot % self.connections.len()].clone()
     }
 
     /// About how many events each bucket's stream keeps, so all of them keep `events`.
@@ -289,7 +313,7 @@ impl RedisStore {
     where
         F: Future<Output = RedisResult<T>>,
     {
-        let calls = (0..BUCKETS).map(|bucket| call(bucket, self.connection.clone()));
+        let calls = (0..BUCKETS).map(|bucket| call(bucket, self.connection()));
         self.bounded(try_join_all(calls)).await
     }
 
@@ -305,7 +329,7 @@ impl RedisStore {
             + 60_000;
         loop {
             let candidate = self.ids.session_id();
-            let mut con = self.connection.clone();
+            let mut con = self.connection();
             let set: Option<String> = self
                 .bounded(
                     redis::cmd("SET")
@@ -347,13 +371,13 @@ impl RedisStore {
             .arg(mode_name(policy))
             .arg(self.retention.client_ms())
             .arg(self.retention.session_ms());
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         let value = self.bounded(invocation.invoke_async(&mut con)).await;
         Some(value.and_then(parse_reply))
     }
 
     async fn run(&self, cmd: &Command, candidate: Option<&SessionId>) -> Result<Reply, StoreError> {
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         let mut invocation = self.session_script.prepare_invoke();
         self.add_call(&mut invocation, cmd, candidate);
         let value: Value = self.bounded(invocation.invoke_async(&mut con)).await?;
@@ -406,7 +430,7 @@ impl RedisStore {
     }
 
     async fn extend_pointer(&self, id: &SessionId, until_ms: i64) {
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         let key = self.pointer_key(id);
         if let Err(e) = self.bounded(con.pexpire_at::<_, ()>(key, until_ms)).await {
             let request_id = telemetry::request_id();
@@ -416,7 +440,7 @@ impl RedisStore {
 
     /// Drops the reservation of an id that lost a race to a concurrent call.
     async fn release_id(&self, id: &SessionId) {
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         if let Err(e) = self.bounded(con.del::<_, ()>(self.pointer_key(id))).await {
             let request_id = telemetry::request_id();
             tracing::warn!(request_id, error = %e, "could not release an unused session id; it expires on its own");
@@ -452,7 +476,7 @@ impl RedisStore {
             for &i in &now {
                 self.add_call(&mut invocation, &commands[i], None);
             }
-            let mut con = self.connection.clone();
+            let mut con = self.connection();
             let replies: Vec<Value> = match self.bounded(invocation.invoke_async(&mut con)).await {
                 Ok(replies) => replies,
                 Err(e) => {
@@ -535,7 +559,7 @@ impl SessionStore for RedisStore {
     async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
         let mut groups: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, cmd) in commands.iter().enumerate() {
-            let group = match self.connection {
+            let group = match self.connections[0] {
                 Connection::Single(_) => 0,
                 Connection::Cluster(_) => bucket_of(cmd.client.as_str()),
             };
@@ -550,7 +574,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError> {
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
         let Some(tag) = tag else { return Ok(None) };
         let Some((namespace, hash)) = tag.split_once(':') else {
@@ -577,7 +601,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError> {
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
         let Some(tag) = tag else { return Ok(None) };
         let owner = tag.split_once(':').and_then(|(namespace, hash)| {
@@ -610,7 +634,7 @@ impl SessionStore for RedisStore {
                     .arg(max_duration_arg(&policy))
                     .arg(mode_name(&policy));
             }
-            let mut con = self.connection.clone();
+            let mut con = self.connection();
             async move {
                 self.bounded(call.invoke_async::<SweepReply>(&mut con))
                     .await
@@ -706,7 +730,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut con = self.connection.clone();
+        let mut con = self.connection();
         self.bounded(redis::cmd("PING").query_async::<()>(&mut con))
             .await
     }

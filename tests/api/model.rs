@@ -939,6 +939,7 @@ fn redis_run(url: &str, prefix: &str) -> Run {
         Duration::from_secs(2),
         Arc::new(OsRandom),
         retention(),
+        1,
     )
     .expect("the Redis URL is valid");
     // Real time runs ahead of the model's by the calls' own duration: well within the half
