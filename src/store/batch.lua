@@ -3,21 +3,58 @@
 -- caller reserves ids outside this slot) has its later calls skipped; the caller runs them
 -- after, one by one. On a cluster, all keys of one batch call share a slot.
 --
--- KEYS: two per call, as decide.lua takes them. ARGV: the count of arguments per call, then
--- each call's arguments in turn. Returns one decide() reply per call, or {'skip', now, '', 0, ''}.
-local per = tonumber(ARGV[1])
+-- What every call shares is sent once, and what most calls leave at its default not at all:
+-- a plain tick is its key and one argument.
+-- KEYS: each call's current-session key (its archive key is derived from it).
+-- ARGV: client_retention_ms, session_retention_ms, pointer_slack_ms, stats_retention_ms,
+--       events_max; the number of policies, then each policy's idle_ms, max_ms, mode and
+--       on_user_change; then per call its spec: one byte for the op (OPS below), one for its
+--       policy (byte 48 for the first), and a '+' when nine more arguments follow: user_id,
+--       create, end_status, named session id, release, environment, platform, report errors,
+--       report crashed (decide.lua's meanings). Without them, all are at their defaults.
+-- Returns {now, reply per call}: a call the hot path decided on this clock is its session
+-- record alone; any other is decide()'s reply, or {'skip', now, '', 0, ''}.
+local OPS = {c = 'current', t = 'tick', f = 'foreground', b = 'background', e = 'end',
+             r = 'report'}
+local DEFAULTS = {'', '1', '', '', '', '', '', '0', '0'}
+local client_ret, session_ret = tonumber(ARGV[1]), tonumber(ARGV[2])
+local policies = {}
+local a = 7
+for n = 1, tonumber(ARGV[6]) do
+  policies[n] = {ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+                 idle = tonumber(ARGV[a]), max = tonumber(ARGV[a + 1])}
+  a = a + 4
+end
 local waiting = {}
-local replies = {}
-for n = 1, #KEYS / 2 do
-  local keys = {KEYS[2 * n - 1], KEYS[2 * n]}
-  if waiting[keys[1]] then
-    replies[n] = {'skip', now, '', 0, ''}
+local replies = {now}
+for n = 1, #KEYS do
+  local key, spec = KEYS[n], ARGV[a]
+  local op, policy = OPS[string.sub(spec, 1, 1)], policies[string.byte(spec, 2) - 47]
+  local r = DEFAULTS
+  if #spec == 3 then
+    r = {unpack(ARGV, a + 1, a + 9)}
+    a = a + 10
   else
-    local first = 2 + (n - 1) * per
-    local args = {unpack(ARGV, first, first + per - 1)}
-    replies[n] = decide_fast(keys[1], args[1], args[16], tonumber(args[5]), tonumber(args[6]),
-      args[7], tonumber(args[9]), tonumber(args[10]), now) or decide(keys, args)
-    if replies[n][1] == 'need' then waiting[keys[1]] = true end
+    a = a + 1
   end
+  local reply
+  if waiting[key] then
+    reply = {'skip', now, '', 0, ''}
+  else
+    local raw, at = decide_fast(key, op, r[1], policy.idle, policy.max, policy[3], client_ret,
+      session_ret, now)
+    if raw and at == now then
+      reply = raw
+    elseif raw then
+      reply = {'s', at, raw, 0, ''}
+    else
+      local prefix, member = string.match(key, '^(.*}:)c:(.*)$')
+      reply = decide({key, prefix .. 'a:' .. member}, {
+        op, r[2], r[3], r[4], policy[1], policy[2], policy[3], policy[4], ARGV[1], ARGV[2],
+        ARGV[3], '', r[5], r[6], r[7], r[1], ARGV[4], ARGV[5], r[8], r[9]})
+      if reply[1] == 'need' then waiting[key] = true end
+    end
+  end
+  replies[n + 1] = reply
 end
 return replies

@@ -8,35 +8,49 @@ local function clock()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The deadline (lib.lua's deadline()) of a session started at t0, last active at t, in the
+-- background since bg (0 if not), under the given policy.
+local function fast_deadline(t, t0, bg, idle, max, inactivity)
+  local at
+  if inactivity then at = t + idle elseif bg > 0 then at = bg + idle end
+  if max and (not at or t0 + max < at) then at = t0 + max end
+  return at
+end
+
 -- A tick or current call that finds its client's session live and has nothing to change but
--- the last activity: returns decide()'s reply. key is the client's current session,
--- user_given the user id given ('' for none), the rest as decide.lua takes them. Anything
--- else (no session, a user to bind or change, a deadline passed, an ended session, a pointer
--- to extend, a record of the JSON format) returns nil, for decide().
+-- the last activity: returns the session's record and the clock the call was decided on
+-- (now, or the session's last activity if that is later). key is the client's current
+-- session, user_given the user id given ('' for none), the rest as decide.lua takes them.
+-- Anything else (no session, a user to bind or change, a deadline passed, an ended session,
+-- a pointer to extend, a record of the JSON format) returns nil, for decide().
+-- Nothing is built per call that the answer does not need: it runs for most of the traffic.
 local function decide_fast(key, op, user_given, idle, max, mode, client_ret, session_ret, now)
   if op ~= 'tick' and op ~= 'current' then return nil end
   local raw = redis.call('GET', key)
   if not raw or string.byte(raw, 1) ~= 1 then return nil end
-  local _, s, p, _, t0, last, bg, e, px, _, _, _, _, _, _, _, user =
-    struct.unpack('>BBc0Bc0I4I6I6I6I6I6I6BBBHc0Hc0Hc0Hc0', raw)
-  if e ~= 0 or (user_given ~= '' and user_given ~= user) then return nil end
-  now = math.max(now, last)
-  local inactivity = mode == 'inactivity'
-  -- The deadline (lib.lua's deadline()) for a last activity at `t`.
-  local function deadline(t)
-    local at
-    if inactivity then at = t + idle elseif bg > 0 then at = bg + idle end
-    if max and (not at or t0 + max < at) then at = t0 + max end
-    return at
+  -- The index and times follow format, id and previous id (each after its length byte):
+  -- read by position, so that no string is made of the ids.
+  local at_index = 4 + string.byte(raw, 2)
+  at_index = at_index + string.byte(raw, at_index - 1)
+  local _, t0, last, bg, e, px, rest = struct.unpack('>I4I6I6I6I6I6', raw, at_index)
+  if e ~= 0 then return nil end
+  if user_given ~= '' then
+    local _, _, _, _, _, _, _, user = struct.unpack('>I6BBBHc0Hc0Hc0Hc0', raw, rest)
+    if user_given ~= user then return nil end
   end
-  local at = deadline(last)
+  if last > now then now = last end
+  local inactivity = mode == 'inactivity'
+  local at = fast_deadline(last, t0, bg, idle, max, inactivity)
   if at and now >= at then return nil end
-  if op == 'current' or last == now then return {'s', now, raw, 0, ''} end
-  local retained = (deadline(now) or now) + session_ret
+  if op == 'current' or last == now then return raw, now end
+  local retained = (fast_deadline(now, t0, bg, idle, max, inactivity) or now) + session_ret
   if retained > px then return nil end
-  -- Last activity is the six bytes after format, id, previous id, index and start.
-  local offset = 1 + 1 + #s + 1 + #p + 4 + 6
+  -- Last activity is the six bytes after the index and start.
+  local offset = at_index - 1 + 4 + 6
   raw = string.sub(raw, 1, offset) .. struct.pack('>I6', now) .. string.sub(raw, offset + 7)
-  redis.call('SET', key, raw, 'PXAT', math.max(now + client_ret, retained))
-  return {'s', now, raw, 0, ''}
+  -- Formatted as an integer here: Redis would format a Lua number with %.17g.
+  local expires = now + client_ret
+  if retained > expires then expires = retained end
+  redis.call('SET', key, raw, 'PXAT', string.format('%d', expires))
+  return raw, now
 end

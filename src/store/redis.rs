@@ -116,9 +116,6 @@ pub struct RedisStore {
     events_script: Script,
 }
 
-/// How many arguments decide.lua takes per call (`add_call`).
-const CALL_ARGS: usize = 20;
-
 /// How many calls one batch script decides at most: a script holds its Redis while it runs
 /// (100 calls take about half a millisecond), so a long batch goes in several.
 const CALLS_PER_SCRIPT: usize = 100;
@@ -263,45 +260,89 @@ impl RedisStore {
     ) {
         let [current, archive] =
             client_keys(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
-        let (op, create, status, report) = match &cmd.op {
-            Op::Current { create } => ("current", *create, None, None),
-            Op::Tick => ("tick", true, None, None),
-            Op::Foreground => ("foreground", true, None, None),
-            Op::Background => ("background", true, None, None),
-            Op::End { status, .. } => ("end", false, Some(*status), None),
-            Op::Report { report, .. } => ("report", false, None, Some(report)),
-        };
         let policy = &cmd.policy;
-        let attributes = &cmd.attributes;
-        call.key(current)
-            .key(archive)
-            .arg(op)
-            .arg(if create { "1" } else { "0" })
-            .arg(status.map_or("", end_status_name))
-            .arg(cmd.op.names().map_or("", SessionId::as_str))
+        call.key(current).key(archive).arg(op_name(&cmd.op));
+        let names = add_create_and_status_args(call, &cmd.op);
+        call.arg(names)
             .arg(policy.idle_timeout_ms)
             .arg(max_duration_arg(policy))
             .arg(mode_name(policy))
-            .arg(match policy.on_user_change {
-                OnUserChange::Keep => "keep",
-                OnUserChange::Restart => "restart",
-            })
+            .arg(on_user_change_name(policy))
             .arg(self.retention.client_ms())
             .arg(self.retention.session_ms())
             .arg(POINTER_SLACK_MS)
-            .arg(candidate.map_or("", SessionId::as_str))
-            .arg(attributes.release.as_deref().unwrap_or_default())
+            .arg(candidate.map_or("", SessionId::as_str));
+        let attributes = &cmd.attributes;
+        call.arg(attributes.release.as_deref().unwrap_or_default())
             .arg(attributes.environment.as_deref().unwrap_or_default())
             .arg(attributes.platform.as_deref().unwrap_or_default())
             .arg(attributes.user_id.as_deref().unwrap_or_default())
             .arg(self.retention.stats_ms())
-            .arg(self.events_per_bucket())
-            .arg(report.map_or(0, |r| r.errors()))
-            .arg(if report.is_some_and(|r| r.crashed()) {
-                "1"
-            } else {
-                "0"
-            });
+            .arg(self.events_per_bucket());
+        add_report_args(call, &cmd.op);
+    }
+
+    /// A batch script call (batch.lua) for some of a batch's calls: what they share once,
+    /// then each call's key and own arguments.
+    fn batch_invocation(
+        &self,
+        commands: &[Command],
+        calls: &[usize],
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.batch_script.prepare_invoke();
+        invocation
+            .arg(self.retention.client_ms())
+            .arg(self.retention.session_ms())
+            .arg(POINTER_SLACK_MS)
+            .arg(self.retention.stats_ms())
+            .arg(self.events_per_bucket());
+        let mut policies: Vec<&Policy> = Vec::new();
+        let numbers: Vec<usize> = calls
+            .iter()
+            .map(|&i| {
+                let policy = &commands[i].policy;
+                let known = policies.iter().position(|p| *p == policy);
+                known.unwrap_or_else(|| {
+                    policies.push(policy);
+                    policies.len() - 1
+                })
+            })
+            .collect();
+        invocation.arg(policies.len());
+        for policy in policies {
+            invocation
+                .arg(policy.idle_timeout_ms)
+                .arg(max_duration_arg(policy))
+                .arg(mode_name(policy))
+                .arg(on_user_change_name(policy));
+        }
+        for (&i, number) in calls.iter().zip(numbers) {
+            let cmd = &commands[i];
+            let attributes = &cmd.attributes;
+            let defaults = matches!(cmd.op, Op::Tick | Op::Current { create: true })
+                && *attributes == Attributes::default();
+            // At most CALLS_PER_SCRIPT policies, so the policy's byte stays below 256.
+            const _: () = assert!(CALLS_PER_SCRIPT <= 200);
+            let spec = [op_name(&cmd.op).as_bytes()[0], b'0' + number as u8, b'+'];
+            invocation
+                .key(current_key(
+                    &self.prefix,
+                    cmd.namespace.as_str(),
+                    cmd.client.as_str(),
+                ))
+                .arg(&spec[..if defaults { 2 } else { 3 }]);
+            if !defaults {
+                invocation.arg(attributes.user_id.as_deref().unwrap_or_default());
+                let names = add_create_and_status_args(&mut invocation, &cmd.op);
+                invocation
+                    .arg(names)
+                    .arg(attributes.release.as_deref().unwrap_or_default())
+                    .arg(attributes.environment.as_deref().unwrap_or_default())
+                    .arg(attributes.platform.as_deref().unwrap_or_default());
+                add_report_args(&mut invocation, &cmd.op);
+            }
+        }
+        invocation
     }
 
     /// Makes one call per bucket, all at once (on a cluster, each to its bucket's node),
@@ -360,7 +401,7 @@ impl RedisStore {
             Op::Current { .. } => "current",
             _ => return None,
         };
-        let [current, _] = client_keys(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
+        let current = current_key(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
         let policy = &cmd.policy;
         let mut invocation = self.hot_script.key(current);
         invocation
@@ -471,13 +512,13 @@ impl RedisStore {
             if now.is_empty() {
                 continue;
             }
-            let mut invocation = self.batch_script.prepare_invoke();
-            invocation.arg(CALL_ARGS);
-            for &i in &now {
-                self.add_call(&mut invocation, &commands[i], None);
-            }
+            let invocation = self.batch_invocation(commands, &now);
             let mut con = self.connection();
-            let replies: Vec<Value> = match self.bounded(invocation.invoke_async(&mut con)).await {
+            let replies = self
+                .bounded(invocation.invoke_async(&mut con))
+                .await
+                .and_then(parse_batch_replies);
+            let replies = match replies {
                 Ok(replies) => replies,
                 Err(e) => {
                     answers.extend(now.into_iter().map(|i| (i, Err(e.clone()))));
@@ -493,8 +534,8 @@ impl RedisStore {
                 answers.extend(now.into_iter().map(|i| (i, Err(e.clone()))));
                 continue;
             }
-            for (i, value) in now.into_iter().zip(replies) {
-                match parse_reply(value) {
+            for (i, reply) in now.into_iter().zip(replies) {
+                match reply {
                     Ok(Reply::NeedId | Reply::Skipped) => {
                         waiting.insert(client(i));
                         later.push(i);
@@ -774,6 +815,58 @@ fn client_keys(prefix: &str, namespace: &str, hash: &str) -> [String; 2] {
     ]
 }
 
+/// A client's current-session key alone (its archive key is derived from it in batch.lua).
+fn current_key(prefix: &str, namespace: &str, hash: &str) -> String {
+    format!("{prefix}:{{{:02x}}}:c:{namespace}:{hash}", bucket_of(hash))
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Current { .. } => "current",
+        Op::Tick => "tick",
+        Op::Foreground => "foreground",
+        Op::Background => "background",
+        Op::End { .. } => "end",
+        Op::Report { .. } => "report",
+    }
+}
+
+/// Adds a call's create flag and end status (decide.lua); returns the session id it names.
+fn add_create_and_status_args<'a>(call: &mut redis::ScriptInvocation<'_>, op: &'a Op) -> &'a str {
+    let create = match op {
+        Op::Current { create } => *create,
+        Op::End { .. } | Op::Report { .. } => false,
+        Op::Tick | Op::Foreground | Op::Background => true,
+    };
+    let status = match op {
+        Op::End { status, .. } => end_status_name(*status),
+        _ => "",
+    };
+    call.arg(if create { "1" } else { "0" }).arg(status);
+    op.names().map_or("", SessionId::as_str)
+}
+
+/// Adds a report's errors and crash flag (0 and 0 for other calls).
+fn add_report_args(call: &mut redis::ScriptInvocation<'_>, op: &Op) {
+    let report = match op {
+        Op::Report { report, .. } => Some(report),
+        _ => None,
+    };
+    call.arg(report.map_or(0, |r| r.errors()))
+        .arg(if report.is_some_and(|r| r.crashed()) {
+            "1"
+        } else {
+            "0"
+        });
+}
+
+fn on_user_change_name(policy: &Policy) -> &'static str {
+    match policy.on_user_change {
+        OnUserChange::Keep => "keep",
+        OnUserChange::Restart => "restart",
+    }
+}
+
 fn max_duration_arg(policy: &Policy) -> String {
     policy
         .max_duration_ms
@@ -889,6 +982,30 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
         "unknown" => Reply::Unknown,
         other => return Err(StoreError::Corrupt(format!("script reply kind {other}"))),
     })
+}
+
+/// Reads batch.lua's reply: its clock, then per call a session record the hot path
+/// decided on that clock, or a full reply.
+fn parse_batch_replies(value: Value) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("batch script reply: {what}"));
+    let Value::Array(values) = value else {
+        return Err(corrupt("not an array"));
+    };
+    let mut values = values.into_iter();
+    let Some(Value::Int(now)) = values.next() else {
+        return Err(corrupt("no clock"));
+    };
+    Ok(values
+        .map(|value| match value {
+            Value::BulkString(record) => Ok(Reply::Session {
+                record,
+                now,
+                extend_pointer_to: 0,
+                finalized: None,
+            }),
+            other => parse_reply(other),
+        })
+        .collect())
 }
 
 fn parse_session(raw: &[u8]) -> Result<SessionState, StoreError> {

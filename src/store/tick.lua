@@ -4,5 +4,7 @@
 -- max_ms ('' for none), mode, client_retention_ms, session_retention_ms.
 -- Returns decide()'s reply, or {'slow', now, '', 0, ''}: the caller then makes the full call.
 local now = clock()
-return decide_fast(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5],
-  tonumber(ARGV[6]), tonumber(ARGV[7]), now) or {'slow', now, '', 0, ''}
+local raw, at = decide_fast(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
+  ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), now)
+if raw then return {'s', at, raw, 0, ''} end
+return {'slow', now, '', 0, ''}

@@ -48,6 +48,7 @@ on_every_store!(
     current_with_create_false_never_creates,
     a_client_key_is_minted_when_the_caller_brings_none,
     batch_answers_every_operation_in_order,
+    a_batch_decides_each_call_by_its_namespaces_policy_and_binds_users,
     a_long_batch_keeps_each_clients_calls_in_order,
     lookup_shows_live_and_earlier_sessions_while_retained,
     lookup_forgets_sessions_past_session_retention,
@@ -403,6 +404,55 @@ async fn batch_answers_every_operation_in_order(store: Store) {
         .await
         .expect(200);
     assert_eq!(single["session_id"], results[0]["session_id"]);
+}
+
+/// A batch over namespaces of different policies, for live sessions: each call is decided by
+/// its own namespace's policy, and user ids bind or restart as they do in single calls.
+async fn a_batch_decides_each_call_by_its_namespaces_policy_and_binds_users(store: Store) {
+    let app = spawn_app(store, SHORT).await;
+    let (a, b, c) = (new_client(), new_client(), new_client());
+    let started_b = app
+        .tick(json!({"namespace": "capped", "client": b}))
+        .await
+        .expect(200);
+    let started_c = app
+        .tick(json!({"namespace": "strict", "client": c}))
+        .await
+        .expect(200);
+    let started_a = app.tick(web(&a)).await.expect(200);
+    let results = app
+        .batch(json!([
+            {"op": "tick", "namespace": "web", "client": a},
+            {"op": "tick", "namespace": "capped", "client": b},
+            {"op": "tick", "namespace": "strict", "client": c, "attributes": {"user_id": "u1"}},
+            {"op": "tick", "namespace": "web", "client": a, "attributes": {"user_id": "x"}},
+            {"op": "tick", "namespace": "strict", "client": c, "attributes": {"user_id": "u2"}},
+            {"op": "current", "namespace": "web", "client": a, "attributes": {"user_id": "x"}},
+        ]))
+        .await
+        .expect(200)["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let lifetime =
+        |r: &serde_json::Value| millis(&r["expires_at"]) - millis(&r["last_activity_at"]);
+    assert_eq!(results[0]["session_id"], started_a["session_id"]);
+    assert_eq!(lifetime(&results[0]), 1000, "web idles out after 1s");
+    assert_eq!(results[1]["session_id"], started_b["session_id"]);
+    assert_eq!(
+        millis(&results[1]["expires_at"]),
+        millis(&started_b["started_at"]) + 1500,
+        "capped ends 1500ms after its start"
+    );
+    assert_eq!(results[2]["session_id"], started_c["session_id"]);
+    assert_eq!(results[2]["attributes"]["user_id"], "u1");
+    assert_eq!(results[3]["session_id"], started_a["session_id"]);
+    assert_eq!(results[3]["attributes"]["user_id"], "x");
+    assert_eq!(results[4]["created"], true);
+    assert_eq!(results[4]["reason"], "user_change");
+    assert_eq!(results[4]["previous_session_id"], started_c["session_id"]);
+    assert_eq!(results[5]["session_id"], started_a["session_id"]);
+    assert_eq!(results[5]["attributes"]["user_id"], "x");
 }
 
 /// More calls than one store step takes (the Redis store decides up to 100 per script),
