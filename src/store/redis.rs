@@ -396,16 +396,14 @@ impl RedisStore {
     /// Tries the hot script (tick.lua) for a tick or current call: seven arguments instead of
     /// twenty, and nothing set up but the decision. `None` when the call is neither.
     async fn run_hot(&self, cmd: &Command) -> Option<Result<Reply, StoreError>> {
-        let op = match cmd.op {
-            Op::Tick => "tick",
-            Op::Current { .. } => "current",
-            _ => return None,
-        };
+        if !matches!(cmd.op, Op::Tick | Op::Current { .. }) {
+            return None;
+        }
         let current = current_key(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
         let policy = &cmd.policy;
         let mut invocation = self.hot_script.key(current);
         invocation
-            .arg(op)
+            .arg(op_name(&cmd.op))
             .arg(cmd.attributes.user_id.as_deref().unwrap_or_default())
             .arg(policy.idle_timeout_ms)
             .arg(max_duration_arg(policy))
@@ -808,16 +806,20 @@ fn bucket_prefix(prefix: &str, bucket: u32) -> String {
 
 /// The current-session and archive keys of a client, tagged with the client's bucket.
 fn client_keys(prefix: &str, namespace: &str, hash: &str) -> [String; 2] {
-    let bucket = bucket_prefix(prefix, bucket_of(hash));
-    [
-        format!("{bucket}c:{namespace}:{hash}"),
-        format!("{bucket}a:{namespace}:{hash}"),
-    ]
+    ["c", "a"].map(|kind| client_key(prefix, kind, namespace, hash))
 }
 
 /// A client's current-session key alone (its archive key is derived from it in batch.lua).
 fn current_key(prefix: &str, namespace: &str, hash: &str) -> String {
-    format!("{prefix}:{{{:02x}}}:c:{namespace}:{hash}", bucket_of(hash))
+    client_key(prefix, "c", namespace, hash)
+}
+
+/// One of a client's keys: `PREFIX:{bucket}:KIND:NS:HASH`.
+fn client_key(prefix: &str, kind: &str, namespace: &str, hash: &str) -> String {
+    format!(
+        "{prefix}:{{{:02x}}}:{kind}:{namespace}:{hash}",
+        bucket_of(hash)
+    )
 }
 
 fn op_name(op: &Op) -> &'static str {
