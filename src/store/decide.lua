@@ -85,7 +85,7 @@ local function decide(KEYS, ARGV)
     event(H, 'started', x)
     stat(H, x, 'started', 1)
     user_marks(H, x)
-    redis.call('ZADD', H.prefix .. 'due', (deadline(x, P)), member)
+    schedule(H.prefix, member, (deadline(x, P)))
     local record = save(x)
     -- The caller reserved the id's pointer for this first stretch; nothing to extend yet.
     return reply('s', record)
@@ -168,7 +168,7 @@ local function decide(KEYS, ARGV)
     s.bg = now
     changed = true
     -- Its idle clock starts: the sweeper must look at it then, not at its max duration.
-    redis.call('ZADD', H.prefix .. 'due', 'LT', (deadline(s, P)), member)
+    schedule(H.prefix, member, (deadline(s, P)), true)
   end
   if not changed then return reply('s', raw) end
   local record, pointer = save(s)

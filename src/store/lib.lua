@@ -49,6 +49,22 @@ local function pack_record(x)
     #environment, environment, #platform, platform, #user, user)
 end
 
+-- Asks the sweeper to look at a client (`NS:HASH`) of the bucket at `at`, or at `at` only if
+-- that is earlier than asked before. The due index has two levels, so that a live session
+-- costs one small entry: the bucket's `due` sorted set holds its sub-indexes (`d:XX`, XX the
+-- first byte of the client's hash) by when the earliest of their clients is due, and each
+-- sub-index holds its clients. Redis keeps a sorted set of up to 128 entries compact
+-- (listpack), which a single index of a bucket's every live session would outgrow.
+local function schedule(prefix, member, at, only_earlier)
+  local sub = string.match(member, ':(..)')
+  if only_earlier then
+    redis.call('ZADD', prefix .. 'd:' .. sub, 'LT', at, member)
+  else
+    redis.call('ZADD', prefix .. 'd:' .. sub, at, member)
+  end
+  redis.call('ZADD', prefix .. 'due', 'LT', at, sub)
+end
+
 -- The worse of two statuses; on a tie the second, so ok ended as exited is exited.
 local function worse(a, b)
   if RANK[b] >= RANK[a] then return b end

@@ -6,14 +6,16 @@
 //!   expiring with client retention;
 //! - `PREFIX:{bucket}:a:NS:HASH`  hash of the client's earlier sessions still retained (id ->
 //!   packed record);
-//! - `PREFIX:id:{ID}`  the pointer from a session id to its client (`NS:HASH`). Reserving it
-//!   with `SET NX` is what makes ids unique among retained sessions; it has its own slot, so
-//!   it is written in a step of its own, before the script that starts the session.
+//! - `PREFIX:{I}:i:J`  hash of the pointers from session ids to their clients, I and J the
+//!   id's first two bytes (`pointer.lua`). Reserving a pointer is what makes ids unique among
+//!   retained sessions; it lives in the id's slot, so it is written in a step of its own,
+//!   before the script that starts the session.
 //!
 //! Health data is kept per bucket, so the same atomic script that decides a client's session
 //! writes it, and a cluster spreads it with the clients:
-//! - `PREFIX:{bucket}:due`  sorted set of the bucket's clients (`NS:HASH`) by when the sweeper
-//!   should look at their session; set when a session starts, moved by the sweeper;
+//! - `PREFIX:{bucket}:due` and `PREFIX:{bucket}:d:XX`  the two levels of the bucket's due index
+//!   (lib.lua's `schedule`): clients (`NS:HASH`) by when the sweeper should look at their
+//!   session; set when a session starts, moved by the sweeper;
 //! - `PREFIX:{bucket}:ev`  stream of the bucket's lifecycle events, trimmed with `MAXLEN ~`;
 //! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
 //!   (`domain::stats`), expiring `stats_retention` after the day.
@@ -114,6 +116,7 @@ pub struct RedisStore {
     sweep_script: Script,
     find_script: Script,
     events_script: Script,
+    pointer_script: Script,
 }
 
 /// How many calls one batch script decides at most: a script holds its Redis while it runs
@@ -211,6 +214,7 @@ impl RedisStore {
                 include_str!("find.lua")
             )),
             events_script: Script::new(include_str!("events.lua")),
+            pointer_script: Script::new(include_str!("pointer.lua")),
         })
     }
 
@@ -232,8 +236,33 @@ impl RedisStore {
         self.retention.events.div_ceil(BUCKETS as usize).max(1)
     }
 
-    fn pointer_key(&self, id: &SessionId) -> String {
-        format!("{}:id:{{{id}}}", self.prefix)
+    /// A call of pointer.lua on a session id's pointer, with its first time argument.
+    fn pointer(&self, op: &str, id: &SessionId, ms: i64) -> redis::ScriptInvocation<'_> {
+        let (key, field) = pointer_location(&self.prefix, id);
+        let mut call = self.pointer_script.key(key);
+        call.arg(field).arg(op).arg(ms);
+        call
+    }
+
+    /// The client a session id's pointer names, and when the pointer expires. A session
+    /// started by an earlier version has its pointer in a key of its own (`PREFIX:id:{ID}`,
+    /// holding `NS:HASH`, expiring with it), read when the id has no pointer field.
+    async fn read_pointer(&self, id: &SessionId) -> Result<Option<Pointer>, StoreError> {
+        let (key, field) = pointer_location(&self.prefix, id);
+        let mut con = self.connection();
+        let mut value: Option<String> = self.bounded(con.hget(key, field)).await?;
+        if value.is_none() {
+            let earlier: Option<String> = self
+                .bounded(con.get(format!("{}:id:{{{id}}}", self.prefix)))
+                .await?;
+            value = earlier.map(|owner| format!("{}:{owner}", i64::MAX));
+        }
+        value
+            .map(|value| {
+                Pointer::parse(&value)
+                    .ok_or_else(|| StoreError::Corrupt(format!("pointer of {id} holds {value:?}")))
+            })
+            .transpose()
     }
 
     /// Runs a store call within the store timeout.
@@ -371,18 +400,10 @@ impl RedisStore {
         loop {
             let candidate = self.ids.session_id();
             let mut con = self.connection();
-            let set: Option<String> = self
-                .bounded(
-                    redis::cmd("SET")
-                        .arg(self.pointer_key(&candidate))
-                        .arg(&tag)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async(&mut con),
-                )
-                .await?;
-            if set.is_some() {
+            let mut call = self.pointer("reserve", &candidate, ttl_ms);
+            call.arg(&tag);
+            let set: i64 = self.bounded(call.invoke_async(&mut con)).await?;
+            if set == 1 {
                 return Ok(candidate);
             }
             let request_id = telemetry::request_id();
@@ -470,8 +491,8 @@ impl RedisStore {
 
     async fn extend_pointer(&self, id: &SessionId, until_ms: i64) {
         let mut con = self.connection();
-        let key = self.pointer_key(id);
-        if let Err(e) = self.bounded(con.pexpire_at::<_, ()>(key, until_ms)).await {
+        let call = self.pointer("extend", id, until_ms);
+        if let Err(e) = self.bounded(call.invoke_async::<i64>(&mut con)).await {
             let request_id = telemetry::request_id();
             tracing::warn!(request_id, error = %e, "could not extend a session id pointer; lookups by id may end early");
         }
@@ -480,7 +501,8 @@ impl RedisStore {
     /// Drops the reservation of an id that lost a race to a concurrent call.
     async fn release_id(&self, id: &SessionId) {
         let mut con = self.connection();
-        if let Err(e) = self.bounded(con.del::<_, ()>(self.pointer_key(id))).await {
+        let (key, field) = pointer_location(&self.prefix, id);
+        if let Err(e) = self.bounded(con.hdel::<_, _, ()>(key, field)).await {
             let request_id = telemetry::request_id();
             tracing::warn!(request_id, error = %e, "could not release an unused session id; it expires on its own");
         }
@@ -613,12 +635,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError> {
-        let mut con = self.connection();
-        let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
-        let Some(tag) = tag else { return Ok(None) };
-        let Some((namespace, hash)) = tag.split_once(':') else {
-            return Err(StoreError::Corrupt(format!("pointer of {id} holds no tag")));
+        let Some(pointer) = self.read_pointer(id).await? else {
+            return Ok(None);
         };
+        let (namespace, hash) = (pointer.namespace.as_str(), pointer.client.as_str());
+        let mut con = self.connection();
         let [current, archive] = client_keys(&self.prefix, namespace, hash);
         let (now, record): (i64, Vec<u8>) = self
             .bounded(
@@ -629,7 +650,7 @@ impl SessionStore for RedisStore {
                     .invoke_async(&mut con),
             )
             .await?;
-        if record.is_empty() {
+        if record.is_empty() || pointer.expires_at_ms <= now {
             return Ok(None);
         }
         Ok(Some(Found {
@@ -640,18 +661,12 @@ impl SessionStore for RedisStore {
     }
 
     async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError> {
-        let mut con = self.connection();
-        let tag: Option<String> = self.bounded(con.get(self.pointer_key(id))).await?;
-        let Some(tag) = tag else { return Ok(None) };
-        let owner = tag.split_once(':').and_then(|(namespace, hash)| {
-            Some((
-                Namespace::parse(namespace).ok()?,
-                ClientHash::parse_stored(hash)?,
-            ))
-        });
-        owner
-            .map(Some)
-            .ok_or_else(|| StoreError::Corrupt(format!("pointer of {id} holds {tag:?}")))
+        // An expired pointer still names its client: the decision then finds the session past
+        // retention, and answers so.
+        Ok(self
+            .read_pointer(id)
+            .await?
+            .map(|pointer| (pointer.namespace, pointer.client)))
     }
 
     /// Every bucket is swept by one script call, all sent at once. A bucket that cannot be
@@ -939,7 +954,36 @@ fn parse_event(shard: u16, id: &str, fields: Vec<String>) -> Result<Event, Store
     })
 }
 
-/// What a session id's pointer holds: the namespace and hash of its client.
+/// Where a session id's pointer is: its hash (`PREFIX:{I}:i:J`, tagged with the id's first
+/// byte, so pointers spread over the buckets' slots) and its field there (the rest of the id).
+fn pointer_location<'a>(prefix: &str, id: &'a SessionId) -> (String, &'a str) {
+    let id = id.as_str();
+    (
+        format!("{prefix}:{{{}}}:i:{}", &id[..2], &id[2..4]),
+        &id[4..],
+    )
+}
+
+/// A session id's pointer, as pointer.lua keeps it: `EXPIRES_AT_MS:NS:HASH`.
+struct Pointer {
+    expires_at_ms: i64,
+    namespace: Namespace,
+    client: ClientHash,
+}
+
+impl Pointer {
+    fn parse(value: &str) -> Option<Self> {
+        let (expires, owner) = value.split_once(':')?;
+        let (namespace, hash) = owner.split_once(':')?;
+        Some(Self {
+            expires_at_ms: expires.parse().ok()?,
+            namespace: Namespace::parse(namespace).ok()?,
+            client: ClientHash::parse_stored(hash)?,
+        })
+    }
+}
+
+/// What a session id's pointer names: the namespace and hash of its client.
 fn client_tag(namespace: &Namespace, client: &ClientHash) -> String {
     format!("{namespace}:{}", client.as_str())
 }

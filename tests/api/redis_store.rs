@@ -39,8 +39,8 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
     let mut con = redis.connection().await;
     // Once the sweeper has passed b's deadline it drops b's entry (b's session was ended, so
     // finalized already): a due index holds live sessions only, and stays bounded without an
-    // expiry (an emptied one is gone).
-    let due_pattern = format!("{prefix}:*:due");
+    // expiry (an emptied one is gone). Clients are due in the sub-indexes (`d:XX`) of a bucket.
+    let due_pattern = format!("{prefix}:*:d:*");
     let only_a_due = eventually(SWEEP_BOUND, || {
         let mut con = con.clone();
         let due_pattern = due_pattern.clone();
@@ -58,22 +58,29 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
     let keys: Vec<String> = con.keys(format!("{prefix}:*")).await.unwrap();
     let of_kind = |kind: &str| keys.iter().filter(|k| k.contains(kind)).count();
     // a: current session, archive and two id pointers; b: current session and one id pointer.
-    assert_eq!(
-        (of_kind(":c:"), of_kind(":a:"), of_kind(":id:")),
-        (2, 1, 3),
-        "{keys:?}"
-    );
+    // Pointers are fields of hashes shared by ids with the same first two bytes.
+    assert_eq!((of_kind(":c:"), of_kind(":a:")), (2, 1), "{keys:?}");
+    let mut pointers = 0;
+    for key in keys.iter().filter(|k| k.contains(":i:")) {
+        pointers += con.hlen::<_, usize>(key).await.unwrap();
+    }
+    assert_eq!(pointers, 3, "{keys:?}");
     // The buckets of a and b (one or two) each hold a stats day and an event stream; a's
-    // holds the one due index.
+    // holds the one due index and its one sub-index.
     let buckets = of_kind(":ev");
     assert!((1..=2).contains(&buckets), "{keys:?}");
-    assert_eq!((of_kind(":s:"), of_kind(":due")), (buckets, 1), "{keys:?}");
-    assert_eq!(keys.len(), 7 + 2 * buckets, "{keys:?}");
+    assert_eq!(
+        (of_kind(":s:"), of_kind(":due"), of_kind(":d:")),
+        (buckets, 1, 1),
+        "{keys:?}"
+    );
+    assert_eq!(keys.len(), 5 + of_kind(":i:") + 2 * buckets, "{keys:?}");
     for key in &keys {
         let ttl: i64 = con.pttl(key).await.unwrap();
         // Event streams keep no expiry (their consumer groups would vanish with them); they
         // are trimmed to `events_max_len` instead.
-        let bounded_otherwise = key.ends_with(":ev") || key.ends_with(":due");
+        let bounded_otherwise =
+            key.ends_with(":ev") || key.ends_with(":due") || key.contains(":d:");
         assert!(ttl > 0 || bounded_otherwise, "{key} has no expiry ({ttl})");
         assert!(
             !key.contains(&a) && !key.contains(&b),
@@ -151,4 +158,54 @@ async fn a_session_record_written_as_json_by_an_earlier_version_is_still_read() 
     }
     let record: Vec<u8> = con.get(&keys[0]).await.unwrap();
     assert_eq!(record.first(), Some(&1), "rewritten packed after the tick");
+}
+
+/// A session started by an earlier version, which kept its id's pointer in a key of its own
+/// and made its client due in the bucket's one-level index, is still found by id, and the
+/// sweeper still finalizes it once it idles out.
+#[tokio::test]
+async fn a_session_an_earlier_version_started_is_found_by_id_and_swept() {
+    let redis = redis_server::shared();
+    let prefix = format!("u{}", &new_client()[..12]);
+    let config = format!(
+        "key_prefix = \"{prefix}\"\nsweep_interval = \"100ms\"\n[namespaces.web]\nidle_timeout = \"1s\""
+    );
+    let app = spawn_on_redis(&config, redis.clone()).await;
+    let first = app
+        .tick(json!({"namespace": "web", "client": new_client()}))
+        .await
+        .expect(200);
+    let id = first["session_id"].as_str().unwrap();
+
+    // Rewrite its pointer and due entry as the earlier version kept them.
+    let mut con = redis.connection().await;
+    let keys = |pattern: &str| {
+        let (mut con, pattern) = (con.clone(), format!("{prefix}:*:{pattern}"));
+        async move { con.keys::<_, Vec<String>>(pattern).await.unwrap() }
+    };
+    let (pointers, subs, due) = (keys("i:*").await, keys("d:*").await, keys("due").await);
+    assert_eq!((pointers.len(), subs.len(), due.len()), (1, 1, 1));
+    let pointer: String = con.hget(&pointers[0], &id[4..]).await.unwrap();
+    let owner = pointer.split_once(':').unwrap().1.to_owned();
+    let at: i64 = con.zscore(&subs[0], &owner).await.unwrap();
+    let _: () = con.del(&[&pointers[0], &subs[0], &due[0]]).await.unwrap();
+    let _: () = con
+        .set_ex(format!("{prefix}:id:{{{id}}}"), &owner, 60)
+        .await
+        .unwrap();
+    let _: () = con.zadd(&due[0], &owner, at).await.unwrap();
+
+    let found = app.lookup(id).await.expect(200);
+    assert_eq!(found["namespace"], "web");
+    wait_past(&first["expires_at"]).await;
+    let ended = eventually(SWEEP_BOUND, || async {
+        let page = app.get("/v1/events?limit=100").await.expect(200);
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "ended" && e["session_id"] == id)
+    })
+    .await;
+    assert!(ended, "the sweeper finalized the earlier version's session");
 }
