@@ -17,25 +17,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key, field, op, expires = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 if op == 'reserve' then expires = string.format('%d', now + tonumber(ARGV[3])) end
 
-local function expiry(value)
-  return tonumber(string.match(value, '^%d+'))
+local function expired(value)
+  return tonumber(string.match(value, '^%d+')) <= now
 end
 
-local held = redis.call('HGET', key, field)
-if held and expiry(held) <= now then held = nil end
 if op == 'reserve' then
-  if held then return 0 end
+  -- Most ids are new to their hash: HSETNX settles them in one call.
+  if redis.call('HSETNX', key, field, expires .. ':' .. ARGV[4]) == 0 then
+    if not expired(redis.call('HGET', key, field)) then return 0 end
+    redis.call('HSET', key, field, expires .. ':' .. ARGV[4])
+  end
   local drawn = redis.call('HRANDFIELD', key, 8, 'WITHVALUES')
   for n = 1, #drawn, 2 do
-    if expiry(drawn[n + 1]) <= now then redis.call('HDEL', key, drawn[n]) end
+    if expired(drawn[n + 1]) then redis.call('HDEL', key, drawn[n]) end
   end
-  redis.call('HSET', key, field, expires .. ':' .. ARGV[4])
 else
-  if not held or expiry(held) >= tonumber(expires) then return 0 end
+  local held = redis.call('HGET', key, field)
+  local at = held and tonumber(string.match(held, '^%d+'))
+  if not at or at <= now or at >= tonumber(expires) then return 0 end
   redis.call('HSET', key, field, expires .. string.match(held, '^%d+(:.*)$'))
 end
--- The hash goes when its last pointer would expire.
-if redis.call('PEXPIRETIME', key) < tonumber(expires) then
-  redis.call('PEXPIREAT', key, expires)
+-- The hash goes when its last pointer would expire: GT keeps a later expiry, and NX gives a
+-- new hash its first one (GT does not apply to a key without an expiry).
+if redis.call('PEXPIREAT', key, expires, 'GT') == 0 then
+  redis.call('PEXPIREAT', key, expires, 'NX')
 end
 return 1
