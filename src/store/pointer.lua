@@ -17,23 +17,24 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key, field, op, expires = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 if op == 'reserve' then expires = string.format('%d', now + tonumber(ARGV[3])) end
 
-local function expired(value)
-  return tonumber(string.match(value, '^%d+')) <= now
+local function expiry(value)
+  return tonumber(string.match(value, '^%d+'))
 end
 
 if op == 'reserve' then
+  local pointer = expires .. ':' .. ARGV[4]
   -- Most ids are new to their hash: HSETNX settles them in one call.
-  if redis.call('HSETNX', key, field, expires .. ':' .. ARGV[4]) == 0 then
-    if not expired(redis.call('HGET', key, field)) then return 0 end
-    redis.call('HSET', key, field, expires .. ':' .. ARGV[4])
+  if redis.call('HSETNX', key, field, pointer) == 0 then
+    if expiry(redis.call('HGET', key, field)) > now then return 0 end
+    redis.call('HSET', key, field, pointer)
   end
   local drawn = redis.call('HRANDFIELD', key, 8, 'WITHVALUES')
   for n = 1, #drawn, 2 do
-    if expired(drawn[n + 1]) then redis.call('HDEL', key, drawn[n]) end
+    if expiry(drawn[n + 1]) <= now then redis.call('HDEL', key, drawn[n]) end
   end
 else
   local held = redis.call('HGET', key, field)
-  local at = held and tonumber(string.match(held, '^%d+'))
+  local at = held and expiry(held)
   if not at or at <= now or at >= tonumber(expires) then return 0 end
   redis.call('HSET', key, field, expires .. string.match(held, '^%d+(:.*)$'))
 end

@@ -78,7 +78,7 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
     for key in &keys {
         let ttl: i64 = con.pttl(key).await.unwrap();
         // Event streams keep no expiry (their consumer groups would vanish with them); they
-        // are trimmed to `events_max_len` instead.
+        // are trimmed to `events_max_len` instead. Due indexes hold live sessions only.
         let bounded_otherwise =
             key.ends_with(":ev") || key.ends_with(":due") || key.contains(":d:");
         assert!(ttl > 0 || bounded_otherwise, "{key} has no expiry ({ttl})");
