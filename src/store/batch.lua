@@ -5,13 +5,14 @@
 --
 -- What every call shares is sent once, and what most calls leave at its default not at all:
 -- a plain tick is its key and one argument.
--- KEYS: each call's current-session key (its archive key is derived from it).
+-- KEYS: each call's records hash (lib.lua's records_key(); its other keys are derived from it).
 -- ARGV: client_retention_ms, session_retention_ms, pointer_slack_ms, stats_retention_ms,
 --       events_max; the number of policies, then each policy's idle_ms, max_ms, mode and
 --       on_user_change; then per call its spec: one byte for the op (OPS below), one for its
---       policy (byte 48 for the first), and a '+' when nine more arguments follow: user_id,
---       create, end_status, named session id, release, environment, platform, report errors,
---       report crashed (decide.lua's meanings). Without them, all are at their defaults.
+--       policy (byte 48 for the first), a '+' when nine more arguments follow (else '.'), then
+--       the client's field (NS:HASH). The nine are user_id, create, end_status, named session
+--       id, release, environment, platform, report errors, report crashed (decide.lua's
+--       meanings); without them, all are at their defaults.
 -- Returns {now, reply per call}: a call the hot path decided on this clock is its session
 -- record alone; any other is decide()'s reply, or {'skip', now, '', 0, ''}.
 local OPS = {c = 'current', t = 'tick', f = 'foreground', b = 'background', e = 'end',
@@ -30,29 +31,29 @@ local replies = {now}
 for n = 1, #KEYS do
   local key, spec = KEYS[n], ARGV[a]
   local op, policy = OPS[string.sub(spec, 1, 1)], policies[string.byte(spec, 2) - 47]
-  local r = DEFAULTS
-  if #spec == 3 then
+  local member, r = string.sub(spec, 4), DEFAULTS
+  if string.byte(spec, 3) == 43 then
     r = {unpack(ARGV, a + 1, a + 9)}
     a = a + 10
   else
     a = a + 1
   end
   local reply
-  if waiting[key] then
+  if waiting[member] then
     reply = {'skip', now, '', 0, ''}
   else
-    local raw, at = decide_fast(key, op, r[1], policy.idle, policy.max, policy[3], client_ret,
-      session_ret, now)
+    local raw, at = decide_fast(key, member, op, r[1], policy.idle, policy.max, policy[3],
+      client_ret, session_ret, now)
     if raw and at == now then
       reply = raw
     elseif raw then
       reply = {'s', at, raw, 0, ''}
     else
-      local prefix, member = string.match(key, '^(.*}:)c:(.*)$')
-      reply = decide({key, prefix .. 'a:' .. member}, {
+      local prefix = string.match(key, '^(.*}:)r:')
+      reply = decide({key, prefix .. 'a:' .. member, prefix .. 'c:' .. member}, {
         op, r[2], r[3], r[4], policy[1], policy[2], policy[3], policy[4], ARGV[1], ARGV[2],
         ARGV[3], '', r[5], r[6], r[7], r[1], ARGV[4], ARGV[5], r[8], r[9]})
-      if reply[1] == 'need' then waiting[key] = true end
+      if reply[1] == 'need' then waiting[member] = true end
     end
   end
   replies[n + 1] = reply

@@ -2,9 +2,11 @@
 -- and followed by session.lua or batch.lua, which call it). Implements the decision table
 -- of src/domain/decision.rs; keep the two in step.
 --
--- KEYS[1] the client's current session (`PREFIX:{bucket}:c:NS:HASH`, a packed record),
--- KEYS[2] its archive (hash: id -> packed record); both carry the client's {bucket} tag, as
--- do the bucket's health keys written through H, whose prefix and namespace KEYS[1] gives.
+-- KEYS[1] the records hash holding the client's current session (lib.lua's records_key()),
+-- KEYS[2] its archive (`PREFIX:{bucket}:a:NS:HASH`, hash: id -> packed record), KEYS[3] where an
+-- earlier version kept its current session (`PREFIX:{bucket}:c:NS:HASH`, read until the record
+-- is next written); all carry the client's {bucket} tag, as do the bucket's health keys written
+-- through H, whose prefix and namespace KEYS[2] gives.
 -- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
 --       candidate, release, environment, platform, user_id ('' when not given),
@@ -24,7 +26,7 @@ local function decide(KEYS, ARGV)
   local candidate = ARGV[12]
   local attrs = {release = present(ARGV[13], ''), environment = present(ARGV[14], ''),
                  platform = present(ARGV[15], ''), user_id = present(ARGV[16], '')}
-  local prefix, member = string.match(KEYS[1], '^(.*}:)c:(.*)$')
+  local prefix, member = string.match(KEYS[2], '^(.*}:)a:(.*)$')
   local H = {prefix = prefix, ns = string.match(member, '^[^:]*'), stats_ret = tonumber(ARGV[17]),
              events_max = ARGV[18]}
   local report_errors, report_crashed = tonumber(ARGV[19]), ARGV[20] == '1'
@@ -34,6 +36,14 @@ local function decide(KEYS, ARGV)
     local at = deadline(x, P)
     return (at or x.t) + session_ret
   end
+
+  local raw, legacy = redis.call('HGET', KEYS[1], member), false
+  if not raw then
+    raw = redis.call('GET', KEYS[3])
+    legacy = raw ~= false
+  end
+  local s = raw and unpack_record(raw)
+  if s and now >= record_expires(s, P, client_ret, session_ret) then raw, s = false, nil end
 
   -- The final status of the session this call finalized, if it did (for metrics).
   local finalized = ''
@@ -53,7 +63,14 @@ local function decide(KEYS, ARGV)
       pointer = x.px
     end
     local record = pack_record(x)
-    redis.call('SET', KEYS[1], record, 'PXAT', math.max(x.t + client_ret, retained_until(x)))
+    redis.call('HSET', KEYS[1], member, record)
+    if legacy then
+      -- Moved from an earlier version's key, which its due index named: the sweeper now
+      -- finds the record through the records hash.
+      redis.call('DEL', KEYS[3])
+      legacy = false
+      schedule(H.prefix, member, next_look(x, P, client_ret, session_ret))
+    end
     return record, pointer
   end
 
@@ -85,18 +102,16 @@ local function decide(KEYS, ARGV)
     event(H, 'started', x)
     stat(H, x, 'started', 1)
     user_marks(H, x)
-    schedule(H.prefix, member, (deadline(x, P)))
+    schedule(H.prefix, member, next_look(x, P, client_ret, session_ret))
     local record = save(x)
     -- The caller reserved the id's pointer for this first stretch; nothing to extend yet.
     return reply('s', record)
   end
 
-  local raw = redis.call('GET', KEYS[1])
-  if not raw then
+  if not s then
     if may_start then return start(nil, 'new_client') end
     return reply('nolive')
   end
-  local s = unpack_record(raw)
   now = math.max(now, s.t)
 
   if named ~= '' and named ~= s.s then
@@ -168,7 +183,7 @@ local function decide(KEYS, ARGV)
     s.bg = now
     changed = true
     -- Its idle clock starts: the sweeper must look at it then, not at its max duration.
-    schedule(H.prefix, member, (deadline(s, P)), true)
+    schedule(H.prefix, member, (deadline(s, P)))
   end
   if not changed then return reply('s', raw) end
   local record, pointer = save(s)

@@ -19,14 +19,16 @@ end
 
 -- A tick or current call that finds its client's session live and has nothing to change but
 -- the last activity: returns the session's record and the clock the call was decided on
--- (now, or the session's last activity if that is later). key is the client's current
--- session, user_given the user id given ('' for none), the rest as decide.lua takes them.
--- Anything else (no session, a user to bind or change, a deadline passed, an ended session,
--- a pointer to extend, a record of the JSON format) returns nil, for decide().
+-- (now, or the session's last activity if that is later). key and member are the records
+-- hash and field of the client's current session (lib.lua's records_key()), user_given the
+-- user id given ('' for none), the rest as decide.lua takes them. Anything else (no session, a
+-- user to bind or change, a deadline passed, an ended session, a pointer to extend, a record
+-- of the JSON format or in an earlier version's key) returns nil, for decide().
 -- Nothing is built per call that the answer does not need: it runs for most of the traffic.
-local function decide_fast(key, op, user_given, idle, max, mode, client_ret, session_ret, now)
+local function decide_fast(key, member, op, user_given, idle, max, mode, client_ret, session_ret,
+                           now)
   if op ~= 'tick' and op ~= 'current' then return nil end
-  local raw = redis.call('GET', key)
+  local raw = redis.call('HGET', key, member)
   if not raw or string.byte(raw, 1) ~= 1 then return nil end
   -- The index and times follow format, id and previous id (each after its length byte):
   -- read by position, so that no string is made of the ids.
@@ -41,16 +43,14 @@ local function decide_fast(key, op, user_given, idle, max, mode, client_ret, ses
   if last > now then now = last end
   local inactivity = mode == 'inactivity'
   local at = fast_deadline(last, t0, bg, idle, max, inactivity)
-  if at and now >= at then return nil end
+  -- Past its deadline, or (with none) past client retention: for decide().
+  if now >= (at or last + client_ret) then return nil end
   if op == 'current' or last == now then return raw, now end
   local retained = (fast_deadline(now, t0, bg, idle, max, inactivity) or now) + session_ret
   if retained > px then return nil end
   -- Last activity is the six bytes after the index and start.
   local offset = at_index - 1 + 4 + 6
   raw = string.sub(raw, 1, offset) .. struct.pack('>I6', now) .. string.sub(raw, offset + 7)
-  -- Formatted as an integer here: Redis would format a Lua number with %.17g.
-  local expires = now + client_ret
-  if retained > expires then expires = retained end
-  redis.call('SET', key, raw, 'PXAT', string.format('%d', expires))
+  redis.call('HSET', key, member, raw)
   return raw, now
 end

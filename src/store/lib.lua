@@ -49,20 +49,20 @@ local function pack_record(x)
     #environment, environment, #platform, platform, #user, user)
 end
 
--- Asks the sweeper to look at a client (`NS:HASH`) of the bucket at `at`, or at `at` only if
--- that is earlier than asked before. The due index has two levels, so that a live session
--- costs one small entry: the bucket's `due` sorted set holds its sub-indexes (`d:XX`, XX the
--- first byte of the client's hash) by when the earliest of their clients is due, and each
--- sub-index holds its clients. Redis keeps a sorted set of up to 128 entries compact
--- (listpack), which a single index of a bucket's every live session would outgrow.
-local function schedule(prefix, member, at, only_earlier)
-  local sub = string.match(member, ':(..)')
-  if only_earlier then
-    redis.call('ZADD', prefix .. 'd:' .. sub, 'LT', at, member)
-  else
-    redis.call('ZADD', prefix .. 'd:' .. sub, at, member)
-  end
-  redis.call('ZADD', prefix .. 'due', 'LT', at, sub)
+-- A client's records: the hash of the records of the bucket's clients whose hash starts as
+-- the client's (`PREFIX:{bucket}:r:XX`, XX the first byte of the client's hash), where its field
+-- (`NS:HASH`) holds its current session. About fifteen clients share a hash at a million
+-- sessions, so a record costs a hash field, not a key with its own expiry.
+local function records_key(prefix, member)
+  return prefix .. 'r:' .. string.match(member, ':(..)')
+end
+
+-- Asks the sweeper to look at the records hash of a client (`NS:HASH`) of the bucket at `at`
+-- or earlier: the bucket's `wake` sorted set holds its records hashes (by XX) by when the first
+-- of their records is due (next_look() below), so one small entry serves every client of a
+-- hash.
+local function schedule(prefix, member, at)
+  redis.call('ZADD', prefix .. 'wake', 'LT', at, string.match(member, ':(..)'))
 end
 
 -- The worse of two statuses; on a tie the second, so ok ended as exited is exited.
@@ -88,6 +88,19 @@ local function over(x, p, at_time)
   local at, why = deadline(x, p)
   if at and at_time >= at then return at, why end
   return nil
+end
+
+-- When x's record is gone: client retention after its last activity, and never before the
+-- session's own retention ends. A record is kept in a hash field, which cannot expire on its
+-- own: readers treat a record past this as gone, and the sweeper removes it.
+local function record_expires(x, p, client_ret, session_ret)
+  return math.max(x.t + client_ret, (deadline(x, p) or x.t) + session_ret)
+end
+
+-- When the sweeper must look at x's record next: at its deadline while it is not finalized,
+-- else when it is gone.
+local function next_look(x, p, client_ret, session_ret)
+  return (not x.f and deadline(x, p)) or record_expires(x, p, client_ret, session_ret)
 end
 
 -- When x ended: when it was ended, else its deadline if over, else now (replaced live).

@@ -2,8 +2,11 @@
 //! script on the Redis server's clock, touching keys of one hash slot only.
 //!
 //! Keys (a client's keys share the `{bucket}` hash tag of its bucket, so they live in one slot):
-//! - `PREFIX:{bucket}:c:NS:HASH`  the client's current session, a packed record (`record.rs`),
-//!   expiring with client retention;
+//! - `PREFIX:{bucket}:r:XX`  hash of the current sessions of the bucket's clients whose hash
+//!   starts with XX: field `NS:HASH`, a packed record (`record.rs`). A field cannot expire, so
+//!   readers treat a record past client retention as gone and the sweeper removes it
+//!   (lib.lua's `record_expires`); an earlier version's `PREFIX:{bucket}:c:NS:HASH` key is read
+//!   until the record is next written;
 //! - `PREFIX:{bucket}:a:NS:HASH`  hash of the client's earlier sessions still retained (id ->
 //!   packed record);
 //! - `PREFIX:{I}:i:J`  hash of the pointers from session ids to their clients, I and J the
@@ -13,9 +16,9 @@
 //!
 //! Health data is kept per bucket, so the same atomic script that decides a client's session
 //! writes it, and a cluster spreads it with the clients:
-//! - `PREFIX:{bucket}:due` and `PREFIX:{bucket}:d:XX`  the two levels of the bucket's due index
-//!   (lib.lua's `schedule`): clients (`NS:HASH`) by when the sweeper should look at their
-//!   session; set when a session starts, moved by the sweeper;
+//! - `PREFIX:{bucket}:wake`  the bucket's records hashes (by XX) by when the sweeper should
+//!   look at them next (lib.lua's `schedule`): set when a session starts, moved by the
+//!   sweeper. An earlier version's due index (`due`, `d:XX`) is drained by the sweeper;
 //! - `PREFIX:{bucket}:ev`  stream of the bucket's lifecycle events, trimmed with `MAXLEN ~`;
 //! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
 //!   (`domain::stats`), expiring `stats_retention` after the day.
@@ -287,10 +290,11 @@ impl RedisStore {
         cmd: &Command,
         candidate: Option<&SessionId>,
     ) {
-        let [current, archive] =
-            client_keys(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
+        for key in client_keys(&self.prefix, &cmd.namespace, &cmd.client) {
+            call.key(key);
+        }
         let policy = &cmd.policy;
-        call.key(current).key(archive).arg(op_name(&cmd.op));
+        call.arg(op_name(&cmd.op));
         let names = add_create_and_status_args(call, &cmd.op);
         call.arg(names)
             .arg(policy.idle_timeout_ms)
@@ -352,14 +356,14 @@ impl RedisStore {
                 && *attributes == Attributes::default();
             // At most CALLS_PER_SCRIPT policies, so the policy's byte stays below 256.
             const _: () = assert!(CALLS_PER_SCRIPT <= 200);
-            let spec = [op_name(&cmd.op).as_bytes()[0], b'0' + number as u8, b'+'];
-            invocation
-                .key(current_key(
-                    &self.prefix,
-                    cmd.namespace.as_str(),
-                    cmd.client.as_str(),
-                ))
-                .arg(&spec[..if defaults { 2 } else { 3 }]);
+            let (records, member) = record_location(&self.prefix, &cmd.namespace, &cmd.client);
+            let mut spec = vec![
+                op_name(&cmd.op).as_bytes()[0],
+                b'0' + number as u8,
+                if defaults { b'.' } else { b'+' },
+            ];
+            spec.extend_from_slice(member.as_bytes());
+            invocation.key(records).arg(spec);
             if !defaults {
                 invocation.arg(attributes.user_id.as_deref().unwrap_or_default());
                 let names = add_create_and_status_args(&mut invocation, &cmd.op);
@@ -414,16 +418,17 @@ impl RedisStore {
         }
     }
 
-    /// Tries the hot script (tick.lua) for a tick or current call: seven arguments instead of
+    /// Tries the hot script (tick.lua) for a tick or current call: eight arguments instead of
     /// twenty, and nothing set up but the decision. `None` when the call is neither.
     async fn run_hot(&self, cmd: &Command) -> Option<Result<Reply, StoreError>> {
         if !matches!(cmd.op, Op::Tick | Op::Current { .. }) {
             return None;
         }
-        let current = current_key(&self.prefix, cmd.namespace.as_str(), cmd.client.as_str());
+        let (records, member) = record_location(&self.prefix, &cmd.namespace, &cmd.client);
         let policy = &cmd.policy;
-        let mut invocation = self.hot_script.key(current);
+        let mut invocation = self.hot_script.key(records);
         invocation
+            .arg(member)
             .arg(op_name(&cmd.op))
             .arg(cmd.attributes.user_id.as_deref().unwrap_or_default())
             .arg(policy.idle_timeout_ms)
@@ -638,23 +643,18 @@ impl SessionStore for RedisStore {
         let Some(pointer) = self.read_pointer(id).await? else {
             return Ok(None);
         };
-        let (namespace, hash) = (pointer.namespace.as_str(), pointer.client.as_str());
         let mut con = self.connection();
-        let [current, archive] = client_keys(&self.prefix, namespace, hash);
-        let (now, record): (i64, Vec<u8>) = self
-            .bounded(
-                self.find_script
-                    .key(current)
-                    .key(archive)
-                    .arg(id.as_str())
-                    .invoke_async(&mut con),
-            )
-            .await?;
+        let mut call = self.find_script.prepare_invoke();
+        for key in client_keys(&self.prefix, &pointer.namespace, &pointer.client) {
+            call.key(key);
+        }
+        call.arg(id.as_str());
+        let (now, record): (i64, Vec<u8>) = self.bounded(call.invoke_async(&mut con)).await?;
         if record.is_empty() || pointer.expires_at_ms <= now {
             return Ok(None);
         }
         Ok(Some(Found {
-            namespace: namespace.to_owned(),
+            namespace: pointer.namespace.as_str().to_owned(),
             session: parse_session(&record)?,
             now,
         }))
@@ -676,11 +676,14 @@ impl SessionStore for RedisStore {
         type SweepReply = (u64, usize, u64, u64, u64, u64);
         let sweeps = (0..BUCKETS).map(|bucket| {
             let prefix = bucket_prefix(&self.prefix, bucket);
-            let mut call = self.sweep_script.key(format!("{prefix}due"));
-            call.arg(&prefix)
+            let mut call = self.sweep_script.key(format!("{prefix}wake"));
+            call.key(format!("{prefix}due"))
+                .arg(&prefix)
                 .arg(SWEEP_LIMIT)
                 .arg(self.retention.stats_ms())
-                .arg(self.events_per_bucket());
+                .arg(self.events_per_bucket())
+                .arg(self.retention.client_ms())
+                .arg(self.retention.session_ms());
             let others = std::iter::once(("", Policy::default()));
             for (name, policy) in others.chain(policies.iter().map(|(n, p)| (n.as_str(), *p))) {
                 call.arg(name)
@@ -819,22 +822,26 @@ fn bucket_prefix(prefix: &str, bucket: u32) -> String {
     format!("{prefix}:{{{bucket:02x}}}:")
 }
 
-/// The current-session and archive keys of a client, tagged with the client's bucket.
-fn client_keys(prefix: &str, namespace: &str, hash: &str) -> [String; 2] {
-    ["c", "a"].map(|kind| client_key(prefix, kind, namespace, hash))
-}
-
-/// A client's current-session key alone (its archive key is derived from it in batch.lua).
-fn current_key(prefix: &str, namespace: &str, hash: &str) -> String {
-    client_key(prefix, "c", namespace, hash)
-}
-
-/// One of a client's keys: `PREFIX:{bucket}:KIND:NS:HASH`.
-fn client_key(prefix: &str, kind: &str, namespace: &str, hash: &str) -> String {
-    format!(
-        "{prefix}:{{{:02x}}}:{kind}:{namespace}:{hash}",
-        bucket_of(hash)
+/// Where a client's current session is: its records hash (`PREFIX:{bucket}:r:XX`, XX the
+/// first byte of the client's hash) and its field there (`NS:HASH`, as lib.lua's
+/// `records_key` reads it).
+fn record_location(prefix: &str, namespace: &Namespace, client: &ClientHash) -> (String, String) {
+    let hash = client.as_str();
+    (
+        format!("{prefix}:{{{:02x}}}:r:{}", bucket_of(hash), &hash[..2]),
+        client_tag(namespace, client),
     )
+}
+
+/// A client's keys as decide.lua takes them, all tagged with the client's bucket: its records
+/// hash, its archive (`PREFIX:{bucket}:a:NS:HASH`), and where an earlier version kept its
+/// current session (`PREFIX:{bucket}:c:NS:HASH`).
+fn client_keys(prefix: &str, namespace: &Namespace, client: &ClientHash) -> [String; 3] {
+    let (records, member) = record_location(prefix, namespace, client);
+    let bucket = bucket_of(client.as_str());
+    let [archive, earlier] =
+        ["a", "c"].map(|kind| format!("{prefix}:{{{bucket:02x}}}:{kind}:{member}"));
+    [records, archive, earlier]
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -1071,11 +1078,18 @@ mod tests {
 
     #[test]
     fn a_clients_keys_share_the_tag_of_its_bucket() {
-        let hash = "3f2a0000000000000000000000000000";
-        let [current, archive] = client_keys("sd", "web", hash);
-        assert_eq!(current, "sd:{2a}:c:web:3f2a0000000000000000000000000000");
-        assert_eq!(tag(&current), tag(&archive));
-        assert_ne!(current, archive);
+        let client = ClientHash::parse_stored("3f2a0000000000000000000000000000").unwrap();
+        let web = Namespace::parse("web").unwrap();
+        let [records, archive, earlier] = client_keys("sd", &web, &client);
+        assert_eq!(records, "sd:{2a}:r:3f");
+        assert_eq!(archive, "sd:{2a}:a:web:3f2a0000000000000000000000000000");
+        assert_eq!(earlier, "sd:{2a}:c:web:3f2a0000000000000000000000000000");
+        assert_eq!(tag(&records), tag(&archive));
+        assert_eq!(tag(&records), tag(&earlier));
+        assert_eq!(
+            record_location("sd", &web, &client).1,
+            "web:3f2a0000000000000000000000000000"
+        );
     }
 
     #[test]

@@ -1,29 +1,74 @@
--- Finalizes the sessions of one bucket that idled out while their clients stayed away
--- (appended to hot.lua and lib.lua). One bucket is one atomic call, so instances sweeping at
--- the same time never finalize a session twice: the first marks it finalized, the next sees
--- that.
+-- Finalizes the sessions of one bucket that idled out while their clients stayed away, and
+-- drops the records past retention (appended to hot.lua and lib.lua). One bucket is one atomic
+-- call, so instances sweeping at the same time never finalize a session twice: the first marks
+-- it finalized, the next sees that.
 -- Implements `sweep` of src/domain/decision.rs; keep the two in step.
 --
--- KEYS[1] the bucket's due index: a sorted set of its sub-indexes by when the earliest of
--- their clients is due; each sub-index (`d:XX`) a sorted set of clients (NS:HASH) by when to
--- look again (lib.lua's schedule()).
--- ARGV: bucket key prefix, limit, stats_retention_ms, events_max, then per namespace its
---       name, idle_ms, max_ms and mode; the name '' is the policy of namespaces not listed.
--- Returns {finalized, clients looked at (at most limit), then the finalized by final status:
--- exited, errored, abnormal, crashed}.
+-- KEYS[1] the bucket's wake index: a sorted set of its records hashes (by XX, lib.lua's
+-- records_key()) by when the first of their records is due (lib.lua's next_look()); KEYS[2]
+-- the due index of earlier versions, drained here: a sorted set of sub-indexes (`d:XX`, sorted
+-- sets of clients, NS:HASH, by when to look again) and of clients, each by when it is due.
+-- ARGV: bucket key prefix, limit, stats_retention_ms, events_max, client_retention_ms,
+--       session_retention_ms, then per namespace its name, idle_ms, max_ms and mode; the name
+--       '' is the policy of namespaces not listed.
+-- Returns {finalized, records looked at (about limit at most), then the finalized by final
+-- status: exited, errored, abnormal, crashed}.
 
 local prefix, limit = ARGV[1], tonumber(ARGV[2])
+local client_ret, session_ret = tonumber(ARGV[5]), tonumber(ARGV[6])
 local policies = {}
-for n = 5, #ARGV, 4 do
+for n = 7, #ARGV, 4 do
   policies[ARGV[n]] = {idle = tonumber(ARGV[n + 1]), max = tonumber(ARGV[n + 2]), mode = ARGV[n + 3]}
 end
 
 local finalized, looked_at = 0, 0
 local by_status = {exited = 0, errored = 0, abnormal = 0, crashed = 0}
 
--- Looks at one due client of sub-index `sub`: finalizes its session if over, else asks again
--- at its deadline; a finalized or gone session leaves the index.
-local function look_at(sub, member)
+-- Finalizes session s of namespace ns under policy P, over at `at_time`.
+local function finalize_over(s, ns, P, at_time)
+  local H = {prefix = prefix, ns = ns, stats_ret = tonumber(ARGV[3]), events_max = ARGV[4]}
+  finalize(H, s, ended_at(s, P, at_time))
+  finalized = finalized + 1
+  by_status[s.st] = by_status[s.st] + 1
+end
+
+-- Looks at every record of the records hash `sub`: finalizes the sessions that are over, drops
+-- the records that are gone, and returns when to look again (nil when the hash is empty).
+local function look_at_records(sub)
+  local key = prefix .. 'r:' .. sub
+  local entries = redis.call('HGETALL', key)
+  looked_at = looked_at + #entries / 2
+  local again
+  for n = 1, #entries, 2 do
+    local member, s = entries[n], unpack_record(entries[n + 1])
+    local ns = string.match(member, '^([^:]*):')
+    local P = policies[ns] or policies['']
+    local at_time = math.max(now, s.t)
+    if at_time >= record_expires(s, P, client_ret, session_ret) then
+      redis.call('HDEL', key, member)
+    else
+      local at = not s.f and deadline(s, P)
+      if at and at_time >= at then
+        finalize_over(s, ns, P, at_time)
+        redis.call('HSET', key, member, pack_record(s))
+      end
+      local look = next_look(s, P, client_ret, session_ret)
+      if not again or look < again then again = look end
+    end
+  end
+  return again
+end
+
+for _, sub in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)) do
+  if looked_at >= limit then break end
+  local again = look_at_records(sub)
+  if again then redis.call('ZADD', KEYS[1], again, sub) else redis.call('ZREM', KEYS[1], sub) end
+end
+
+-- Looks at one due client of an earlier version's index `index`, whose record is in a key of
+-- its own: finalizes its session if over, else asks again at its deadline; a finalized or gone
+-- session leaves the index (a record since moved to a records hash is gone from that key).
+local function look_at_legacy(index, member)
   local ns = string.match(member, '^([^:]*):')
   local key = prefix .. 'c:' .. member
   local raw = redis.call('GET', key)
@@ -32,36 +77,32 @@ local function look_at(sub, member)
   local at_time = s and math.max(now, s.t)
   local at = s and not s.f and deadline(s, P)
   if at and at_time < at then
-    redis.call('ZADD', sub, at, member)
+    redis.call('ZADD', index, at, member)
     return
   end
   if s and not s.f then
-    local H = {prefix = prefix, ns = ns, stats_ret = tonumber(ARGV[3]), events_max = ARGV[4]}
-    finalize(H, s, ended_at(s, P, at_time))
+    finalize_over(s, ns, P, at_time)
     redis.call('SET', key, pack_record(s), 'KEEPTTL')
-    finalized = finalized + 1
-    by_status[s.st] = by_status[s.st] + 1
   end
-  redis.call('ZREM', sub, member)
+  redis.call('ZREM', index, member)
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
   if looked_at >= limit then break end
   if string.find(id, ':', 1, true) then
-    -- A client (NS:HASH) an earlier version made due in this index itself.
+    -- A client (NS:HASH) made due in the one-level index of an earlier version still.
     looked_at = looked_at + 1
-    look_at(KEYS[1], id)
+    look_at_legacy(KEYS[2], id)
   else
     local sub = prefix .. 'd:' .. id
     local due = redis.call('ZRANGEBYSCORE', sub, '-inf', now, 'LIMIT', 0, limit - looked_at)
     looked_at = looked_at + #due
-    for _, member in ipairs(due) do look_at(sub, member) end
-    -- The sub-index is due again when its earliest client is; an emptied one is gone.
+    for _, member in ipairs(due) do look_at_legacy(sub, member) end
     local first = redis.call('ZRANGE', sub, 0, 0, 'WITHSCORES')
     if first[2] then
-      redis.call('ZADD', KEYS[1], first[2], id)
+      redis.call('ZADD', KEYS[2], first[2], id)
     else
-      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', KEYS[2], id)
     end
   end
 end

@@ -1,11 +1,13 @@
 //! What only the Redis store has to prove: every key of a client, a session or a day of stats
-//! expires, the per-bucket health keys stay bounded, raw client keys never reach Redis, and
-//! records of earlier versions are still read.
+//! expires or is dropped by the sweeper once past retention, the per-bucket health keys stay
+//! bounded, raw client keys never reach Redis, and records of earlier versions are still read.
 
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{SWEEP_BOUND, eventually, millis, new_client, spawn_on_redis, wait_past};
+use crate::helpers::{
+    SWEEP_BOUND, eventually, millis, new_client, spawn_on_redis, wait_past, wait_until,
+};
 use crate::redis_server;
 
 #[tokio::test]
@@ -37,50 +39,49 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
         .expect(200);
 
     let mut con = redis.connection().await;
-    // Once the sweeper has passed b's deadline it drops b's entry (b's session was ended, so
-    // finalized already): a due index holds live sessions only, and stays bounded without an
-    // expiry (an emptied one is gone). Clients are due in the sub-indexes (`d:XX`) of a bucket.
-    let due_pattern = format!("{prefix}:*:d:*");
-    let only_a_due = eventually(SWEEP_BOUND, || {
-        let mut con = con.clone();
-        let due_pattern = due_pattern.clone();
-        async move {
-            let mut due = Vec::new();
-            for key in con.keys::<_, Vec<String>>(due_pattern).await.unwrap() {
-                due.extend(con.zrange::<_, Vec<String>>(key, 0, -1).await.unwrap());
-            }
-            due.len() == 1
-        }
-    })
-    .await;
-    assert!(only_a_due, "only a's live session stays due");
-
     let keys: Vec<String> = con.keys(format!("{prefix}:*")).await.unwrap();
     let of_kind = |kind: &str| keys.iter().filter(|k| k.contains(kind)).count();
+    let fields = |kind: &'static str| {
+        let (mut con, keys) = (con.clone(), keys.clone());
+        async move {
+            let mut fields = 0;
+            for key in keys.iter().filter(|k| k.contains(kind)) {
+                fields += con.hlen::<_, usize>(key).await.unwrap();
+            }
+            fields
+        }
+    };
     // a: current session, archive and two id pointers; b: current session and one id pointer.
-    // Pointers are fields of hashes shared by ids with the same first two bytes.
-    assert_eq!((of_kind(":c:"), of_kind(":a:")), (2, 1), "{keys:?}");
-    let mut pointers = 0;
-    for key in keys.iter().filter(|k| k.contains(":i:")) {
-        pointers += con.hlen::<_, usize>(key).await.unwrap();
-    }
-    assert_eq!(pointers, 3, "{keys:?}");
-    // The buckets of a and b (one or two) each hold a stats day and an event stream; a's
-    // holds the one due index and its one sub-index.
+    // Current sessions are fields of records hashes, pointers fields of pointer hashes, each
+    // shared by the clients or ids that start alike.
+    assert_eq!((fields(":r:").await, of_kind(":a:")), (2, 1), "{keys:?}");
+    assert_eq!(fields(":i:").await, 3, "{keys:?}");
+    // The buckets of a and b (one or two) each hold a stats day, an event stream and the wake
+    // index of their records hashes; nothing is left in an earlier version's keys.
     let buckets = of_kind(":ev");
     assert!((1..=2).contains(&buckets), "{keys:?}");
     assert_eq!(
-        (of_kind(":s:"), of_kind(":due"), of_kind(":d:")),
-        (buckets, 1, 1),
+        (
+            of_kind(":s:"),
+            of_kind(":wake"),
+            of_kind(":c:"),
+            of_kind(":due")
+        ),
+        (buckets, buckets, 0, 0),
         "{keys:?}"
     );
-    assert_eq!(keys.len(), 5 + of_kind(":i:") + 2 * buckets, "{keys:?}");
+    assert_eq!(
+        keys.len(),
+        of_kind(":r:") + 1 + of_kind(":i:") + 3 * buckets,
+        "{keys:?}"
+    );
     for key in &keys {
         let ttl: i64 = con.pttl(key).await.unwrap();
         // Event streams keep no expiry (their consumer groups would vanish with them); they
-        // are trimmed to `events_max_len` instead. Due indexes hold live sessions only.
+        // are trimmed to `events_max_len` instead. The sweeper drops records past retention,
+        // and with them the records hashes and wake entries (tested below).
         let bounded_otherwise =
-            key.ends_with(":ev") || key.ends_with(":due") || key.contains(":d:");
+            key.ends_with(":ev") || key.ends_with(":wake") || key.contains(":r:");
         assert!(ttl > 0 || bounded_otherwise, "{key} has no expiry ({ttl})");
         assert!(
             !key.contains(&a) && !key.contains(&b),
@@ -93,9 +94,6 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
             .unwrap();
         let value = match kind.as_str() {
             // Session records are packed binary; their text parts show through.
-            "string" => {
-                String::from_utf8_lossy(&con.get::<_, Vec<u8>>(key).await.unwrap()).into_owned()
-            }
             "hash" => con
                 .hgetall::<_, Vec<Vec<u8>>>(key)
                 .await
@@ -140,12 +138,13 @@ async fn a_session_record_written_as_json_by_an_earlier_version_is_still_read() 
         .await
         .expect(200);
     let mut con = redis.connection().await;
-    let keys: Vec<String> = con.keys(format!("{prefix}:*:c:*")).await.unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (records, member) = record_of_one_client(&mut con, &prefix).await;
     let started = millis(&first["started_at"]);
     let earlier = json!({"s": first["session_id"], "i": 1, "t0": started, "t": started,
         "st": "ok", "r": "new_client", "a": {"release": "1.0"}, "px": started + 86_400_000});
-    let _: () = con.set(&keys[0], earlier.to_string()).await.unwrap();
+    let earlier_key = earlier_key_of(&records, &member);
+    let _: () = con.hdel(&records, &member).await.unwrap();
+    let _: () = con.set(&earlier_key, earlier.to_string()).await.unwrap();
 
     for call in ["current", "tick"] {
         let answer = app
@@ -156,13 +155,36 @@ async fn a_session_record_written_as_json_by_an_earlier_version_is_still_read() 
         assert_eq!(answer["created"], false, "{call}");
         assert_eq!(answer["attributes"]["release"], "1.0", "{call}");
     }
-    let record: Vec<u8> = con.get(&keys[0]).await.unwrap();
+    let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
     assert_eq!(record.first(), Some(&1), "rewritten packed after the tick");
+    let left: bool = con.exists(&earlier_key).await.unwrap();
+    assert!(
+        !left,
+        "the earlier version's key is gone once the record moved"
+    );
 }
 
-/// A session started by an earlier version, which kept its id's pointer in a key of its own
-/// and made its client due in the bucket's one-level index, is still found by id, and the
-/// sweeper still finalizes it once it idles out.
+/// The records hash (`PREFIX:{B}:r:XX`) and field (`NS:HASH`) of the one client of a prefix.
+async fn record_of_one_client(
+    con: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> (String, String) {
+    let records: Vec<String> = con.keys(format!("{prefix}:*:r:*")).await.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let members: Vec<String> = con.hkeys(&records[0]).await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    (records[0].clone(), members[0].clone())
+}
+
+/// Where an earlier version kept a client's current session: `PREFIX:{B}:c:NS:HASH`.
+fn earlier_key_of(records: &str, member: &str) -> String {
+    let (bucket, _) = records.split_once(":r:").unwrap();
+    format!("{bucket}:c:{member}")
+}
+
+/// A session started by an earlier version, which kept its current session and its id's
+/// pointer in keys of their own and made its client due in the bucket's one-level index, is
+/// still found by id, and the sweeper still finalizes it once it idles out.
 #[tokio::test]
 async fn a_session_an_earlier_version_started_is_found_by_id_and_swept() {
     let redis = redis_server::shared();
@@ -177,23 +199,31 @@ async fn a_session_an_earlier_version_started_is_found_by_id_and_swept() {
         .expect(200);
     let id = first["session_id"].as_str().unwrap();
 
-    // Rewrite its pointer and due entry as the earlier version kept them.
+    // Rewrite its record, pointer and due entry as the earlier version kept them.
     let mut con = redis.connection().await;
-    let keys = |pattern: &str| {
-        let (mut con, pattern) = (con.clone(), format!("{prefix}:*:{pattern}"));
-        async move { con.keys::<_, Vec<String>>(pattern).await.unwrap() }
-    };
-    let (pointers, subs, due) = (keys("i:*").await, keys("d:*").await, keys("due").await);
-    assert_eq!((pointers.len(), subs.len(), due.len()), (1, 1, 1));
-    let pointer: String = con.hget(&pointers[0], &id[4..]).await.unwrap();
-    let owner = pointer.split_once(':').unwrap().1.to_owned();
-    let at: i64 = con.zscore(&subs[0], &owner).await.unwrap();
-    let _: () = con.del(&[&pointers[0], &subs[0], &due[0]]).await.unwrap();
+    let (records, member) = record_of_one_client(&mut con, &prefix).await;
+    let (bucket, sub) = records.split_once(":r:").unwrap();
+    let wake = format!("{bucket}:wake");
+    let at: i64 = con.zscore(&wake, sub).await.unwrap();
+    let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
+    let _: () = con.del(&[&records, &wake]).await.unwrap();
     let _: () = con
-        .set_ex(format!("{prefix}:id:{{{id}}}"), &owner, 60)
+        .set_ex(earlier_key_of(&records, &member), record, 60)
         .await
         .unwrap();
-    let _: () = con.zadd(&due[0], &owner, at).await.unwrap();
+    let pointers: Vec<String> = con.keys(format!("{prefix}:*:i:*")).await.unwrap();
+    assert_eq!(pointers.len(), 1, "{pointers:?}");
+    let pointer: String = con.hget(&pointers[0], &id[4..]).await.unwrap();
+    assert_eq!(pointer.split_once(':').unwrap().1, member);
+    let _: () = con.del(&pointers[0]).await.unwrap();
+    let _: () = con
+        .set_ex(format!("{prefix}:id:{{{id}}}"), &member, 60)
+        .await
+        .unwrap();
+    let _: () = con
+        .zadd(format!("{bucket}:due"), &member, at)
+        .await
+        .unwrap();
 
     let found = app.lookup(id).await.expect(200);
     assert_eq!(found["namespace"], "web");
@@ -208,4 +238,66 @@ async fn a_session_an_earlier_version_started_is_found_by_id_and_swept() {
     })
     .await;
     assert!(ended, "the sweeper finalized the earlier version's session");
+}
+
+/// A client's record past client retention is gone: its next call starts its first session
+/// again, even before the sweeper has dropped the record (it runs seldom here).
+#[tokio::test]
+async fn a_record_past_client_retention_is_gone_before_the_sweeper_drops_it() {
+    let redis = redis_server::shared();
+    let prefix = format!("g{}", &new_client()[..12]);
+    let config = format!(
+        "key_prefix = \"{prefix}\"\nsweep_interval = \"60s\"\nclient_retention = \"2s\"\nsession_retention = \"1s\"\n[namespaces.web]\nidle_timeout = \"1s\""
+    );
+    let app = spawn_on_redis(&config, redis.clone()).await;
+    let client = new_client();
+    let first = app
+        .tick(json!({"namespace": "web", "client": client}))
+        .await
+        .expect(200);
+    wait_until(millis(&first["last_activity_at"]) + 2_000).await;
+    let mut con = redis.connection().await;
+    let (records, member) = record_of_one_client(&mut con, &prefix).await;
+
+    let again = app
+        .tick(json!({"namespace": "web", "client": client}))
+        .await
+        .expect(200);
+    assert_eq!(again["created"], true);
+    assert_eq!(again["index"], 1, "a new client again: {again}");
+    assert_eq!(again["previous_session_id"], json!(null));
+    let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
+    assert_eq!(record.first(), Some(&1), "the new session's record");
+}
+
+/// The sweeper drops records past client retention, and with the last of a records hash its
+/// entry in the wake index: neither grows with clients that went away.
+#[tokio::test]
+async fn the_sweeper_drops_records_past_client_retention() {
+    let redis = redis_server::shared();
+    let prefix = format!("h{}", &new_client()[..12]);
+    let config = format!(
+        "key_prefix = \"{prefix}\"\nsweep_interval = \"100ms\"\nclient_retention = \"2s\"\nsession_retention = \"1s\"\n[namespaces.web]\nidle_timeout = \"1s\""
+    );
+    let app = spawn_on_redis(&config, redis.clone()).await;
+    let mut last = 0;
+    for _ in 0..3 {
+        let answer = app
+            .tick(json!({"namespace": "web", "client": new_client()}))
+            .await
+            .expect(200);
+        last = millis(&answer["last_activity_at"]);
+    }
+    let con = redis.connection().await;
+    let kept = |pattern: &str| {
+        let (mut con, pattern) = (con.clone(), format!("{prefix}:*:{pattern}"));
+        async move { con.keys::<_, Vec<String>>(pattern).await.unwrap().len() }
+    };
+    assert!(kept("r:*").await >= 1 && kept("wake").await >= 1);
+    wait_until(last + 2_000).await;
+    let dropped = eventually(SWEEP_BOUND, || async {
+        kept("r:*").await == 0 && kept("wake").await == 0
+    })
+    .await;
+    assert!(dropped, "records hashes and wake entries are gone");
 }
