@@ -3,6 +3,9 @@
 -- decide.lua cost more to set up than these calls cost to decide). Implements the same
 -- decision as decide.lua for the cases it takes; keep the two in step.
 
+-- The flags of a packed record (lib.lua's record format 2): which optional parts it holds.
+local FLAG_PREVIOUS, FLAG_BACKGROUND, FLAG_ENDED, FLAG_ERRORS, FLAG_FINALIZED = 1, 2, 4, 8, 16
+
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -23,21 +26,25 @@ end
 -- hash and field of the client's current session (lib.lua's records_key()), user_given the
 -- user id given ('' for none), the rest as decide.lua takes them. Anything else (no session, a
 -- user to bind or change, a deadline passed, an ended session, a pointer to extend, a record
--- of the JSON format or in an earlier version's key) returns nil, for decide().
+-- of an earlier format or in an earlier version's key) returns nil, for decide().
 -- Nothing is built per call that the answer does not need: it runs for most of the traffic.
 local function decide_fast(key, member, op, user_given, idle, max, mode, client_ret, session_ret,
                            now)
   if op ~= 'tick' and op ~= 'current' then return nil end
   local raw = redis.call('HGET', key, member)
-  if not raw or string.byte(raw, 1) ~= 1 then return nil end
-  -- The index and times follow format, id and previous id (each after its length byte):
-  -- read by position, so that no string is made of the ids.
-  local at_index = 4 + string.byte(raw, 2)
-  at_index = at_index + string.byte(raw, at_index - 1)
-  local _, t0, last, bg, e, px, rest = struct.unpack('>I4I6I6I6I6I6', raw, at_index)
-  if e ~= 0 then return nil end
+  if not raw or string.byte(raw, 1) ~= 2 then return nil end
+  -- Read by position (lib.lua's record format 2), so that no string is made of the ids: the
+  -- flags byte follows format and id; an ended session is decide()'s.
+  local flags = string.byte(raw, 12)
+  if bit.band(flags, FLAG_ENDED) ~= 0 then return nil end
+  local at_index = 13
+  if bit.band(flags, FLAG_PREVIOUS) ~= 0 then at_index = 23 end
+  local _, t0, last, px, rest = struct.unpack('>I4I6I6I6', raw, at_index)
+  local bg = 0
+  if bit.band(flags, FLAG_BACKGROUND) ~= 0 then bg, rest = struct.unpack('>I6', raw, rest) end
   if user_given ~= '' then
-    local _, _, _, _, _, _, _, user = struct.unpack('>I6BBBHc0Hc0Hc0Hc0', raw, rest)
+    if bit.band(flags, FLAG_ERRORS) ~= 0 then rest = rest + 6 end
+    local _, _, _, _, user = struct.unpack('>BHc0Hc0Hc0Hc0', raw, rest)
     if user_given ~= user then return nil end
   end
   if last > now then now = last end

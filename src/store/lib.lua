@@ -10,14 +10,17 @@ local now = clock()
 local HOUR = 3600000
 local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 
--- A session record, as its client's current-session key and archive keep it: packed with
--- struct, which costs a fraction of cjson to read and write. Decoded, a record is the table
+-- A session record, as a records hash and an archive keep it: packed with struct, which costs
+-- a fraction of cjson to read and write. Decoded, a record is the table
 -- {s, i, p, t0, t, bg, e, st, n, f, r, px, a = {release, environment, platform, user_id}};
--- absent fields are nil. src/store/record.rs reads the same layout; keep the two in step.
--- Packed (big-endian): format 1, id, previous id, index, started, last activity, background
--- since, ended, pointer expiry, errors, status, reason, finalized, then the four attributes;
--- strings carry their length, absent times and strings are 0 and ''.
-local RECORD = '>BBc0Bc0I4I6I6I6I6I6I6BBBHc0Hc0Hc0Hc0'
+-- absent fields are nil. src/store/record.rs reads the same layouts; keep them in step.
+-- Packed (big-endian), format 2: the format byte, the id's 10 bytes, a byte of FLAGS (which
+-- optional parts follow, and whether it is finalized: hot.lua's FLAG_*), the previous id's 10 bytes, index,
+-- started, last activity, pointer expiry, background since, ended, errors (each time 6 bytes),
+-- status * 16 + reason, then the four attributes, each after its 2-byte length ('' when
+-- absent). At about 60 bytes a record fits a compact hash entry. Format 1 (fixed width, ids
+-- in hex) and JSON are what earlier versions wrote, read still.
+local RECORD_1 = '>BBc0Bc0I4I6I6I6I6I6I6BBBHc0Hc0Hc0Hc0'
 local STATUS = {[0] = 'ok', 'exited', 'errored', 'abnormal', 'crashed'}
 local REASON = {[0] = 'new_client', 'idle_timeout', 'max_duration', 'ended', 'user_change'}
 local STATUS_CODE, REASON_CODE = {}, {}
@@ -29,24 +32,61 @@ local function present(v, absent)
   return v
 end
 
+local function id_bytes(id)
+  local bytes = {}
+  for n = 1, #id, 2 do bytes[#bytes + 1] = tonumber(string.sub(id, n, n + 1), 16) end
+  return string.char(unpack(bytes))
+end
+
+local function id_hex(bytes)
+  return string.format(string.rep('%02x', #bytes), string.byte(bytes, 1, -1))
+end
+
+local function attributes(release, environment, platform, user)
+  return {release = present(release, ''), environment = present(environment, ''),
+          platform = present(platform, ''), user_id = present(user, '')}
+end
+
 local function unpack_record(raw)
+  local format = string.byte(raw, 1)
   -- A record written before records were packed is JSON of the same table.
-  if string.byte(raw, 1) == 123 then return cjson.decode(raw) end
-  local _, s, p, i, t0, t, bg, e, px, n, st, r, f, release, environment, platform, user =
-    struct.unpack(RECORD, raw)
-  return {s = s, p = present(p, ''), i = i, t0 = t0, t = t, bg = present(bg, 0), e = present(e, 0),
-    px = px, n = present(n, 0), st = STATUS[st], r = REASON[r], f = present(f == 1, false),
-    a = {release = present(release, ''), environment = present(environment, ''),
-         platform = present(platform, ''), user_id = present(user, '')}}
+  if format == 123 then return cjson.decode(raw) end
+  if format == 1 then
+    local _, s, p, i, t0, t, bg, e, px, n, st, r, f, release, environment, platform, user =
+      struct.unpack(RECORD_1, raw)
+    return {s = s, p = present(p, ''), i = i, t0 = t0, t = t, bg = present(bg, 0),
+      e = present(e, 0), px = px, n = present(n, 0), st = STATUS[st], r = REASON[r],
+      f = present(f == 1, false), a = attributes(release, environment, platform, user)}
+  end
+  local flags = string.byte(raw, 12)
+  local function has(flag) return bit.band(flags, flag) ~= 0 end
+  local x, at = {s = id_hex(string.sub(raw, 2, 11)), f = has(FLAG_FINALIZED) or nil}, 13
+  if has(FLAG_PREVIOUS) then x.p, at = id_hex(string.sub(raw, 13, 22)), 23 end
+  x.i, x.t0, x.t, x.px, at = struct.unpack('>I4I6I6I6', raw, at)
+  if has(FLAG_BACKGROUND) then x.bg, at = struct.unpack('>I6', raw, at) end
+  if has(FLAG_ENDED) then x.e, at = struct.unpack('>I6', raw, at) end
+  if has(FLAG_ERRORS) then x.n, at = struct.unpack('>I6', raw, at) end
+  local code, release, environment, platform, user = struct.unpack('>BHc0Hc0Hc0Hc0', raw, at)
+  x.st, x.r = STATUS[math.floor(code / 16)], REASON[code % 16]
+  x.a = attributes(release, environment, platform, user)
+  return x
 end
 
 local function pack_record(x)
-  local p, a = x.p or '', x.a
+  local a = x.a
+  local flags = (x.p and FLAG_PREVIOUS or 0) + (x.bg and FLAG_BACKGROUND or 0) +
+    (x.e and FLAG_ENDED or 0) + (x.n and FLAG_ERRORS or 0) + (x.f and FLAG_FINALIZED or 0)
+  local parts = {struct.pack('>Bc10B', 2, id_bytes(x.s), flags)}
+  if x.p then parts[#parts + 1] = id_bytes(x.p) end
+  parts[#parts + 1] = struct.pack('>I4I6I6I6', x.i, x.t0, x.t, x.px or 0)
+  for _, t in ipairs({x.bg or false, x.e or false, x.n or false}) do
+    if t then parts[#parts + 1] = struct.pack('>I6', t) end
+  end
   local release, environment = a.release or '', a.environment or ''
   local platform, user = a.platform or '', a.user_id or ''
-  return struct.pack(RECORD, 1, #x.s, x.s, #p, p, x.i, x.t0, x.t, x.bg or 0, x.e or 0, x.px or 0,
-    x.n or 0, STATUS_CODE[x.st], REASON_CODE[x.r], x.f and 1 or 0, #release, release,
-    #environment, environment, #platform, platform, #user, user)
+  parts[#parts + 1] = struct.pack('>BHc0Hc0Hc0Hc0', STATUS_CODE[x.st] * 16 + REASON_CODE[x.r],
+    #release, release, #environment, environment, #platform, platform, #user, user)
+  return table.concat(parts)
 end
 
 -- A client's records: the hash of the records of the bucket's clients whose hash starts as

@@ -1,22 +1,33 @@
 //! Reads the packed session records the Redis scripts keep (`pack_record` in lib.lua); keep
-//! the two in step. Records written as JSON before records were packed are still read.
+//! the two in step. Records of earlier versions (format 1, and JSON before records were
+//! packed) are still read.
 
 use thiserror::Error;
 
 use crate::domain::{Attributes, Reason, SessionId, SessionState, Status};
 
-/// The format byte that opens a packed record.
-const PACKED: u8 = 1;
+/// The format bytes that open a packed record: fixed width with ids in hex (earlier
+/// versions), and compact (lib.lua's format 2).
+const FIXED: u8 = 1;
+const COMPACT: u8 = 2;
+
+/// Format 2's flags: which optional parts a record holds, and whether it is finalized.
+const PREVIOUS: u8 = 1;
+const BACKGROUND: u8 = 2;
+const ENDED: u8 = 4;
+const ERRORS: u8 = 8;
+const FINALIZED: u8 = 16;
 
 #[derive(Debug, Error)]
 #[error("stored session: {0}")]
 pub struct BadRecord(String);
 
-/// Reads one record: packed (format 1), or JSON (it opens with `{`).
+/// Reads one record: packed (format 2 or 1), or JSON (it opens with `{`).
 pub fn parse(raw: &[u8]) -> Result<SessionState, BadRecord> {
     match raw.first() {
         Some(b'{') => serde_json::from_slice(raw).map_err(|e| BadRecord(e.to_string())),
-        Some(&PACKED) => Reader { raw, at: 1 }.session(),
+        Some(&COMPACT) => Reader { raw, at: 1 }.compact(),
+        Some(&FIXED) => Reader { raw, at: 1 }.fixed(),
         _ => Err(BadRecord("unknown record format".into())),
     }
 }
@@ -60,17 +71,78 @@ impl<'a> Reader<'a> {
         Ok(Some(text.to_owned()).filter(|t| !t.is_empty()))
     }
 
-    fn id(&mut self) -> Result<Option<SessionId>, BadRecord> {
+    /// A session id in hex after its length byte (format 1); `None` when empty.
+    fn hex_id(&mut self) -> Result<Option<SessionId>, BadRecord> {
         self.text(1)?
             .map(|id| SessionId::parse(&id).map_err(|_| BadRecord(format!("session id {id:?}"))))
             .transpose()
     }
 
-    fn session(mut self) -> Result<SessionState, BadRecord> {
+    /// A session id's bytes (format 2).
+    fn id(&mut self) -> Result<SessionId, BadRecord> {
+        let bytes = self.bytes(SessionId::BYTES)?;
+        Ok(SessionId::from_bytes(
+            bytes.try_into().expect("read as many bytes as an id has"),
+        ))
+    }
+
+    fn attributes(&mut self) -> Result<Attributes, BadRecord> {
+        Ok(Attributes {
+            release: self.text(2)?,
+            environment: self.text(2)?,
+            platform: self.text(2)?,
+            user_id: self.text(2)?,
+        })
+    }
+
+    /// Format 2: optional parts are there when their flag is.
+    fn compact(mut self) -> Result<SessionState, BadRecord> {
+        let id = self.id()?;
+        let flags = self.number(1)? as u8;
+        let has = |flag: u8| flags & flag != 0;
+        let previous = if has(PREVIOUS) {
+            Some(self.id()?)
+        } else {
+            None
+        };
+        let index = self.number(4)?;
+        let started_at = self.time()?;
+        let last_activity_at = self.time()?;
+        let _pointer_expires_at = self.time()?;
+        // Times and the error count alike take six bytes.
+        let mut optional = |flag: u8| -> Result<Option<i64>, BadRecord> {
+            if has(flag) {
+                self.time().map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let background_since = optional(BACKGROUND)?;
+        let ended_at = optional(ENDED)?;
+        let errors = optional(ERRORS)?.unwrap_or(0) as u64;
+        let code = self.number(1)?;
+        Ok(SessionState {
+            id,
+            index,
+            previous,
+            started_at,
+            last_activity_at,
+            background_since,
+            ended_at,
+            status: status(code / 16)?,
+            errors,
+            finalized: has(FINALIZED),
+            reason: reason(code % 16)?,
+            attributes: self.attributes()?,
+        })
+    }
+
+    /// Format 1: fixed width, ids in hex, absent times 0.
+    fn fixed(mut self) -> Result<SessionState, BadRecord> {
         let id = self
-            .id()?
+            .hex_id()?
             .ok_or_else(|| BadRecord("no session id".into()))?;
-        let previous = self.id()?;
+        let previous = self.hex_id()?;
         let index = self.number(4)?;
         let started_at = self.time()?;
         let last_activity_at = self.time()?;
@@ -78,29 +150,10 @@ impl<'a> Reader<'a> {
         let ended_at = self.optional_time()?;
         let _pointer_expires_at = self.time()?;
         let errors = self.number(6)?;
-        let status = match self.number(1)? {
-            0 => Status::Ok,
-            1 => Status::Exited,
-            2 => Status::Errored,
-            3 => Status::Abnormal,
-            4 => Status::Crashed,
-            code => return Err(BadRecord(format!("status {code}"))),
-        };
-        let reason = match self.number(1)? {
-            0 => Reason::NewClient,
-            1 => Reason::IdleTimeout,
-            2 => Reason::MaxDuration,
-            3 => Reason::Ended,
-            4 => Reason::UserChange,
-            code => return Err(BadRecord(format!("reason {code}"))),
-        };
+        let status = status(self.number(1)?)?;
+        let reason = reason(self.number(1)?)?;
         let finalized = self.number(1)? == 1;
-        let attributes = Attributes {
-            release: self.text(2)?,
-            environment: self.text(2)?,
-            platform: self.text(2)?,
-            user_id: self.text(2)?,
-        };
+        let attributes = self.attributes()?;
         Ok(SessionState {
             id,
             index,
@@ -118,13 +171,62 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn status(code: u64) -> Result<Status, BadRecord> {
+    Ok(match code {
+        0 => Status::Ok,
+        1 => Status::Exited,
+        2 => Status::Errored,
+        3 => Status::Abnormal,
+        4 => Status::Crashed,
+        code => return Err(BadRecord(format!("status {code}"))),
+    })
+}
+
+fn reason(code: u64) -> Result<Reason, BadRecord> {
+    Ok(match code {
+        0 => Reason::NewClient,
+        1 => Reason::IdleTimeout,
+        2 => Reason::MaxDuration,
+        3 => Reason::Ended,
+        4 => Reason::UserChange,
+        code => return Err(BadRecord(format!("reason {code}"))),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A record as lib.lua's pack_record writes it (checked against Redis by the store tests).
-    fn packed() -> Vec<u8> {
-        let mut raw = vec![PACKED, 20];
+    /// A record as lib.lua's pack_record writes it (checked against Redis by the store tests),
+    /// with every optional part.
+    fn compact() -> Vec<u8> {
+        let mut raw = vec![COMPACT];
+        raw.extend_from_slice(&hex::decode("1454552aede69aa12d19").unwrap());
+        raw.push(PREVIOUS | BACKGROUND | ENDED | ERRORS | FINALIZED);
+        raw.extend_from_slice(&hex::decode("00ff00ff00ff00ff00ff").unwrap());
+        raw.extend_from_slice(&3u32.to_be_bytes());
+        // Started, last activity, pointer expiry, background since, ended, errors.
+        for n in [
+            1_795_569_300_539u64,
+            1_795_569_300_600,
+            5,
+            1_795_569_300_550,
+            1_795_569_300_700,
+            2,
+        ] {
+            raw.extend_from_slice(&n.to_be_bytes()[2..]);
+        }
+        raw.push(2 * 16 + 1); // errored, idle_timeout
+        for value in ["1.2.3", "", "", "u"] {
+            raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            raw.extend_from_slice(value.as_bytes());
+        }
+        raw
+    }
+
+    /// A record as earlier versions packed it (format 1).
+    fn fixed_width() -> Vec<u8> {
+        let mut raw = vec![FIXED, 20];
         raw.extend_from_slice(b"1454552aede69aa12d19");
         raw.push(0); // no previous id
         raw.extend_from_slice(&3u32.to_be_bytes());
@@ -141,8 +243,50 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_packed_record() {
-        let session = parse(&packed()).unwrap();
+    fn reads_a_compact_record() {
+        let session = parse(&compact()).unwrap();
+        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
+        assert_eq!(
+            session.previous.as_ref().map(SessionId::as_str),
+            Some("00ff00ff00ff00ff00ff")
+        );
+        assert_eq!(session.index, 3);
+        assert_eq!(session.started_at, 1_795_569_300_539);
+        assert_eq!(session.last_activity_at, 1_795_569_300_600);
+        assert_eq!(session.background_since, Some(1_795_569_300_550));
+        assert_eq!(session.ended_at, Some(1_795_569_300_700));
+        assert_eq!(session.errors, 2);
+        assert_eq!(session.status, Status::Errored);
+        assert_eq!(session.reason, Reason::IdleTimeout);
+        assert!(session.finalized);
+        assert_eq!(session.attributes.release.as_deref(), Some("1.2.3"));
+        assert_eq!(session.attributes.environment, None);
+        assert_eq!(session.attributes.user_id.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn a_compact_record_without_optional_parts_has_none() {
+        let mut raw = vec![COMPACT];
+        raw.extend_from_slice(&[7; SessionId::BYTES]);
+        raw.push(0);
+        raw.extend_from_slice(&[0, 0, 0, 1]);
+        raw.extend_from_slice(&[0; 18]);
+        raw.push(0);
+        raw.extend_from_slice(&[0; 8]);
+        let session = parse(&raw).unwrap();
+        assert_eq!(session.id.as_str(), "07070707070707070707");
+        assert_eq!((session.previous, session.index), (None, 1));
+        assert_eq!((session.background_since, session.ended_at), (None, None));
+        assert_eq!((session.errors, session.finalized), (0, false));
+        assert_eq!(
+            (session.status, session.reason),
+            (Status::Ok, Reason::NewClient)
+        );
+    }
+
+    #[test]
+    fn reads_a_fixed_width_record_of_earlier_versions() {
+        let session = parse(&fixed_width()).unwrap();
         assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
         assert_eq!(session.previous, None);
         assert_eq!(session.index, 3);
@@ -169,9 +313,10 @@ mod tests {
 
     #[test]
     fn a_cut_record_is_an_error_not_a_panic() {
-        let raw = packed();
-        for len in 0..raw.len() {
-            assert!(parse(&raw[..len]).is_err(), "cut at {len}");
+        for raw in [compact(), fixed_width()] {
+            for len in 0..raw.len() {
+                assert!(parse(&raw[..len]).is_err(), "cut at {len}");
+            }
         }
     }
 }

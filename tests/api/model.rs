@@ -4,9 +4,11 @@
 //! (on a manual clock) and through the Redis store (a real redis-server, real time), checking
 //! every answer and, at the end, the lifecycle events against the model.
 //!
-//! Time moves in units, and every policy duration is a whole number of units plus a half, so
-//! no decision falls on a boundary: the Redis replay, which really waits, stays exact while
-//! its real clock runs a little ahead of the model's.
+//! Time moves in units, and every policy duration is a whole number of units plus a part (a
+//! half for idle timeouts, a quarter for max durations), so no decision falls on a boundary
+//! and no idle timeout ends with a max duration: the Redis replay, which really waits, stays
+//! exact while its real clock runs a little ahead of the model's. (Were the two to end in the
+//! same instant, the replay's timing, not the store, would pick the reason.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -136,7 +138,7 @@ fn policy(ns: Ns) -> Policy {
         },
         Ns::App => Policy {
             idle_timeout_ms: UNIT_MS + UNIT_MS / 2,
-            max_duration_ms: Some(6 * UNIT_MS + UNIT_MS / 2),
+            max_duration_ms: Some(6 * UNIT_MS + UNIT_MS / 4),
             mode: Mode::Background,
             on_user_change: OnUserChange::Restart,
         },
@@ -942,7 +944,7 @@ fn redis_run(url: &str, prefix: &str) -> Run {
         1,
     )
     .expect("the Redis URL is valid");
-    // Real time runs ahead of the model's by the calls' own duration: well within the half
+    // Real time runs ahead of the model's by the calls' own duration: well within the quarter
     // unit that separates every decision from its boundary.
     Run {
         store: Arc::new(store),

@@ -125,43 +125,98 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
     }
 }
 
-/// A session kept as JSON by an earlier version is still read: the client keeps its session,
-/// and the record is written back packed on its next change.
+/// A session kept by an earlier version, as JSON or packed in the fixed-width format 1, in a
+/// key of its own, is still read: the client keeps its session, and the record moves to its
+/// records hash in the compact format on its next change.
 #[tokio::test]
-async fn a_session_record_written_as_json_by_an_earlier_version_is_still_read() {
+async fn a_session_record_an_earlier_version_wrote_is_still_read() {
     let redis = redis_server::shared();
     let prefix = format!("j{}", &new_client()[..12]);
     let app = spawn_on_redis(&format!("key_prefix = \"{prefix}\""), redis.clone()).await;
-    let client = new_client();
-    let first = app
-        .tick(json!({"client": client, "attributes": {"release": "1.0"}}))
-        .await
-        .expect(200);
-    let mut con = redis.connection().await;
-    let (records, member) = record_of_one_client(&mut con, &prefix).await;
-    let started = millis(&first["started_at"]);
-    let earlier = json!({"s": first["session_id"], "i": 1, "t0": started, "t": started,
-        "st": "ok", "r": "new_client", "a": {"release": "1.0"}, "px": started + 86_400_000});
-    let earlier_key = earlier_key_of(&records, &member);
-    let _: () = con.hdel(&records, &member).await.unwrap();
-    let _: () = con.set(&earlier_key, earlier.to_string()).await.unwrap();
-
-    for call in ["current", "tick"] {
-        let answer = app
-            .post(&format!("/v1/sessions/{call}"), json!({"client": client}))
+    for format in ["json", "fixed width"] {
+        let client = new_client();
+        let first = app
+            .tick(json!({"client": client, "attributes": {"release": "1.0"}}))
             .await
             .expect(200);
-        assert_eq!(answer["session_id"], first["session_id"], "{call}");
-        assert_eq!(answer["created"], false, "{call}");
-        assert_eq!(answer["attributes"]["release"], "1.0", "{call}");
+        let mut con = redis.connection().await;
+        let (records, member) = record_of_client(&mut con, &prefix, &first).await;
+        let id = first["session_id"].as_str().unwrap();
+        let started = millis(&first["started_at"]);
+        let earlier = match format {
+            "json" => json!({"s": id, "i": 1, "t0": started, "t": started, "st": "ok",
+                "r": "new_client", "a": {"release": "1.0"}, "px": started + 86_400_000})
+            .to_string()
+            .into_bytes(),
+            _ => fixed_width_record(id, started, "1.0"),
+        };
+        let earlier_key = earlier_key_of(&records, &member);
+        let _: () = con.hdel(&records, &member).await.unwrap();
+        let _: () = con.set(&earlier_key, earlier).await.unwrap();
+
+        for call in ["current", "tick"] {
+            let answer = app
+                .post(&format!("/v1/sessions/{call}"), json!({"client": client}))
+                .await
+                .expect(200);
+            assert_eq!(answer["session_id"], id, "{format} {call}");
+            assert_eq!(answer["created"], false, "{format} {call}");
+            assert_eq!(answer["index"], 1, "{format} {call}");
+            assert_eq!(answer["attributes"]["release"], "1.0", "{format} {call}");
+        }
+        let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
+        assert_eq!(record.first(), Some(&2), "{format}: compact after the tick");
+        let left: bool = con.exists(&earlier_key).await.unwrap();
+        assert!(
+            !left,
+            "{format}: the earlier key is gone once the record moved"
+        );
     }
-    let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
-    assert_eq!(record.first(), Some(&1), "rewritten packed after the tick");
-    let left: bool = con.exists(&earlier_key).await.unwrap();
-    assert!(
-        !left,
-        "the earlier version's key is gone once the record moved"
-    );
+}
+
+/// A live session's record as earlier versions packed it (format 1: fixed width, ids in hex).
+fn fixed_width_record(id: &str, started: i64, release: &str) -> Vec<u8> {
+    let mut raw = vec![1, id.len() as u8];
+    raw.extend_from_slice(id.as_bytes());
+    raw.push(0); // no previous id
+    raw.extend_from_slice(&1u32.to_be_bytes());
+    // Started, last activity, background since, ended, pointer expiry, errors.
+    for n in [started, started, 0, 0, started + 86_400_000, 0] {
+        raw.extend_from_slice(&n.to_be_bytes()[2..]);
+    }
+    raw.extend_from_slice(&[0, 0, 0]); // ok, new_client, not finalized
+    for value in [release, "", "", ""] {
+        raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        raw.extend_from_slice(value.as_bytes());
+    }
+    raw
+}
+
+/// The records hash (`PREFIX:{B}:r:XX`) and field (`NS:HASH`) of the client whose session
+/// `answer` shows.
+async fn record_of_client(
+    con: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    answer: &serde_json::Value,
+) -> (String, String) {
+    let id = answer["session_id"].as_str().unwrap();
+    let pointers: Vec<String> = con.keys(format!("{prefix}:*:i:*")).await.unwrap();
+    for pointers in pointers {
+        if let Some(pointer) = con
+            .hget::<_, _, Option<String>>(&pointers, &id[4..])
+            .await
+            .unwrap()
+        {
+            let member = pointer.split_once(':').unwrap().1.to_owned();
+            // The bucket is the hash's second byte, the records hash its first.
+            let hash = member.split_once(':').unwrap().1;
+            return (
+                format!("{prefix}:{{{}}}:r:{}", &hash[2..4], &hash[..2]),
+                member,
+            );
+        }
+    }
+    panic!("no pointer for {id}")
 }
 
 /// The records hash (`PREFIX:{B}:r:XX`) and field (`NS:HASH`) of the one client of a prefix.
@@ -267,7 +322,7 @@ async fn a_record_past_client_retention_is_gone_before_the_sweeper_drops_it() {
     assert_eq!(again["index"], 1, "a new client again: {again}");
     assert_eq!(again["previous_session_id"], json!(null));
     let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
-    assert_eq!(record.first(), Some(&1), "the new session's record");
+    assert_eq!(record.first(), Some(&2), "the new session's record");
 }
 
 /// The sweeper drops records past client retention, and with the last of a records hash its
