@@ -26,13 +26,15 @@ end
 -- hash and field of the client's current session (lib.lua's records_key()), user_given the
 -- user id given ('' for none), the rest as decide.lua takes them. Anything else (no session, a
 -- user to bind or change, a deadline passed, an ended session, a pointer to extend, a record
--- of an earlier format or in an earlier version's key) returns nil, for decide().
+-- of an earlier format or in an earlier version's key) returns nil, for decide(); false when
+-- the client has no record in its records hash (most often a new client).
 -- Nothing is built per call that the answer does not need: it runs for most of the traffic.
 local function decide_fast(key, member, op, user_given, idle, max, mode, client_ret, session_ret,
                            now)
   if op ~= 'tick' and op ~= 'current' then return nil end
   local raw = redis.call('HGET', key, member)
-  if not raw or string.byte(raw, 1) ~= 2 then return nil end
+  if not raw then return false end
+  if string.byte(raw, 1) ~= 2 then return nil end
   -- Read by position (lib.lua's record format 2), so that no string is made of the ids: the
   -- flags byte follows format and id; an ended session is decide()'s.
   local flags = string.byte(raw, 12)

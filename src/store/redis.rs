@@ -143,6 +143,9 @@ enum Reply {
     Skipped,
     /// The hot script (tick.lua) left the call to the full one.
     Slow,
+    /// The hot script found no record of the client: a call that may start a session
+    /// reserves an id before the full call.
+    NoRecord,
     NoLive,
     Unknown,
 }
@@ -480,7 +483,7 @@ impl RedisStore {
             Reply::NoLive => Outcome::NoLiveSession,
             Reply::Unknown => Outcome::UnknownSession,
             // Callers settle both before: an id is reserved, a held-back call runs alone.
-            Reply::NeedId | Reply::Skipped | Reply::Slow => {
+            Reply::NeedId | Reply::Skipped | Reply::Slow | Reply::NoRecord => {
                 return Err(StoreError::Failed(
                     "the script asked for an id again, or held back a call made alone".into(),
                 ));
@@ -609,6 +612,12 @@ impl SessionStore for RedisStore {
     async fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
         match self.run_hot(command).await.transpose()? {
             None | Some(Reply::Slow) => {}
+            // A new client's tick: its id is reserved first, which saves the full call that
+            // would only answer that it needs one.
+            Some(Reply::NoRecord) if !matches!(command.op, Op::Current { create: false }) => {
+                return self.execute_with_id(command).await;
+            }
+            Some(Reply::NoRecord) => {}
             Some(reply) => return self.finish(reply, None).await,
         }
         match self.run(command, None).await? {
@@ -1031,6 +1040,7 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
         "need" => Reply::NeedId,
         "skip" => Reply::Skipped,
         "slow" => Reply::Slow,
+        "none" => Reply::NoRecord,
         "nolive" => Reply::NoLive,
         "unknown" => Reply::Unknown,
         other => return Err(StoreError::Corrupt(format!("script reply kind {other}"))),
