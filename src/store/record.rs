@@ -245,23 +245,13 @@ mod tests {
     #[test]
     fn reads_a_compact_record() {
         let session = parse(&compact()).unwrap();
-        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
         assert_eq!(
             session.previous.as_ref().map(SessionId::as_str),
             Some("00ff00ff00ff00ff00ff")
         );
-        assert_eq!(session.index, 3);
-        assert_eq!(session.started_at, 1_795_569_300_539);
-        assert_eq!(session.last_activity_at, 1_795_569_300_600);
         assert_eq!(session.background_since, Some(1_795_569_300_550));
         assert_eq!(session.ended_at, Some(1_795_569_300_700));
-        assert_eq!(session.errors, 2);
-        assert_eq!(session.status, Status::Errored);
-        assert_eq!(session.reason, Reason::IdleTimeout);
-        assert!(session.finalized);
-        assert_eq!(session.attributes.release.as_deref(), Some("1.2.3"));
-        assert_eq!(session.attributes.environment, None);
-        assert_eq!(session.attributes.user_id.as_deref(), Some("u"));
+        assert_shared_parts(&session);
     }
 
     #[test]
@@ -287,12 +277,17 @@ mod tests {
     #[test]
     fn reads_a_fixed_width_record_of_earlier_versions() {
         let session = parse(&fixed_width()).unwrap();
-        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
         assert_eq!(session.previous, None);
+        assert_eq!((session.background_since, session.ended_at), (None, None));
+        assert_shared_parts(&session);
+    }
+
+    /// What the compact and fixed-width test records share.
+    fn assert_shared_parts(session: &SessionState) {
+        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
         assert_eq!(session.index, 3);
         assert_eq!(session.started_at, 1_795_569_300_539);
         assert_eq!(session.last_activity_at, 1_795_569_300_600);
-        assert_eq!((session.background_since, session.ended_at), (None, None));
         assert_eq!(session.errors, 2);
         assert_eq!(session.status, Status::Errored);
         assert_eq!(session.reason, Reason::IdleTimeout);
