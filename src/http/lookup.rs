@@ -3,10 +3,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::problem::ApiError;
-use super::views::SessionRecord;
+use super::views::{self, SessionRecord};
 use super::{AppState, admin};
 use crate::domain::decision::retained_until;
-use crate::domain::{Namespace, Policy, SessionId};
+use crate::domain::{Policy, SessionId};
 
 /// `GET /v1/sessions/{session_id}`.
 pub async fn lookup(
@@ -19,17 +19,15 @@ pub async fn lookup(
     let found = state.store.find(&id).await;
     let found = found?.ok_or_else(|| ApiError::SessionNotFound(id.to_string()))?;
     // A namespace removed from the configuration still has its sessions readable.
-    let policy = Namespace::parse(&found.namespace)
-        .ok()
-        .and_then(|n| state.settings.namespaces.get(&n))
+    let policy = (state.settings.namespaces.get(&found.namespace))
         .map_or_else(Policy::default, |ns| ns.policy);
     let retention = state.settings.retention.session_ms();
     if found.now >= retained_until(&found.session, &policy, retention) {
         return Err(ApiError::SessionNotFound(id.to_string()));
     }
-    Ok(HttpResponse::Ok().json(SessionRecord::at(
-        &found.namespace,
-        &found.session,
+    Ok(views::json(&SessionRecord::at(
+        found.namespace,
+        found.session,
         &policy,
         found.now,
     )))

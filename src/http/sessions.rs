@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::body::{JsonBody, decode_value, truncate};
 use super::problem::{ApiError, Problem};
 use super::source::source_address;
-use super::views::{SessionBody, SessionRecord};
+use super::views::{self, SessionBody, SessionRecord};
 use super::{AppState, cors};
 use crate::config::OnStoreError;
 use crate::domain::decision::started;
@@ -291,9 +291,9 @@ impl AppState {
         session.index = 0;
         self.metrics.count_provisional(command.namespace.as_str());
         SessionBody {
-            record: SessionRecord::at(command.namespace.as_str(), &session, &command.policy, now),
+            record: SessionRecord::at(command.namespace, session, &command.policy, now),
             created: true,
-            client: call.minted.map(|k| k.as_str().to_owned()),
+            client: call.minted,
             provisional: true,
         }
     }
@@ -339,9 +339,14 @@ impl AppState {
                     }
                 }
                 Ok(SessionBody {
-                    record: SessionRecord::at(namespace, &session, &call.command.policy, now),
+                    record: SessionRecord::at(
+                        call.command.namespace,
+                        session,
+                        &call.command.policy,
+                        now,
+                    ),
                     created,
-                    client: call.minted.map(|k| k.as_str().to_owned()),
+                    client: call.minted,
                     provisional: false,
                 })
             }
@@ -376,7 +381,7 @@ pub async fn call(
     state.admit(source, &parsed)?;
     let outcome = state.store.execute(&parsed.command).await;
     let body = state.answer(source, parsed, outcome)?;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(views::json(&body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -455,5 +460,5 @@ pub async fn batch(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(BatchResponse { results }))
+    Ok(views::json(&BatchResponse { results }))
 }

@@ -1,68 +1,110 @@
 //! The JSON shapes of sessions in responses, and RFC 3339 times with milliseconds.
 
-use serde::Serialize;
+use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::domain::decision::{deadline, finalized, over};
-use crate::domain::{Attributes, Event, EventKind, Policy, Reason, SessionState, Status};
+use actix_web::HttpResponse;
+use actix_web::http::header::ContentType;
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
 
-/// What the store knows of one session, as answered by every call and by lookup.
-#[derive(Debug, Serialize)]
+use crate::domain::decision::{deadline, finalized, over};
+use crate::domain::{
+    ClientKey, Event, EventKind, Namespace, Policy, Reason, SessionId, SessionState, Status,
+};
+
+/// What the store knows of one session, as answered by every call and by lookup. It is
+/// serialized straight from the session: an answer is written without building its strings.
+#[derive(Debug)]
 pub struct SessionRecord {
-    pub session_id: String,
-    pub namespace: String,
-    pub index: u64,
-    pub previous_session_id: Option<String>,
-    pub started_at: String,
-    pub last_activity_at: String,
+    namespace: Namespace,
+    /// The session as shown: one that is over, finalized.
+    session: SessionState,
     /// When it idles out if nothing happens; for a session that is over, when it ended.
-    pub expires_at: String,
-    pub ended_at: Option<String>,
-    pub reason: Reason,
-    pub status: Status,
-    /// Handled errors reported for it.
-    pub errors: u64,
-    pub attributes: Attributes,
+    expires_at: i64,
 }
 
-/// A session as the answer to a call.
-#[derive(Debug, Serialize)]
+/// A session as the answer to a call: the record's fields, then the call's own.
+#[derive(Debug)]
 pub struct SessionBody {
-    #[serde(flatten)]
     pub record: SessionRecord,
     /// Whether this call started it.
     pub created: bool,
     /// The client key the service minted for a caller that brought none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
+    pub client: Option<ClientKey>,
     /// Drawn while the store was unreachable and never stored (index 0).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub provisional: bool,
 }
 
 impl SessionRecord {
     /// Presents a session at `now`: one that is over shows when it ended and its final status.
-    pub fn at(namespace: &str, session: &SessionState, policy: &Policy, now: i64) -> Self {
-        let shown = if over(session, policy, now).is_some() {
-            finalized(session, policy, now)
+    pub fn at(namespace: Namespace, session: SessionState, policy: &Policy, now: i64) -> Self {
+        let session = if over(&session, policy, now).is_some() {
+            finalized(&session, policy, now)
         } else {
-            session.clone()
+            session
         };
-        let expires = deadline(&shown, policy).map_or(shown.last_activity_at, |(at, _)| at);
+        let expires_at = deadline(&session, policy).map_or(session.last_activity_at, |(at, _)| at);
         Self {
-            session_id: shown.id.to_string(),
-            namespace: namespace.to_owned(),
-            index: shown.index,
-            previous_session_id: shown.previous.as_ref().map(ToString::to_string),
-            started_at: rfc3339(shown.started_at),
-            last_activity_at: rfc3339(shown.last_activity_at),
-            expires_at: rfc3339(expires),
-            ended_at: shown.ended_at.map(rfc3339),
-            reason: shown.reason,
-            status: shown.status,
-            errors: shown.errors,
-            attributes: shown.attributes,
+            namespace,
+            session,
+            expires_at,
         }
+    }
+
+    /// Its fields, in the order openapi.yaml lists them.
+    fn serialize_fields<S: SerializeStruct>(&self, out: &mut S) -> Result<(), S::Error> {
+        let s = &self.session;
+        out.serialize_field("session_id", s.id.as_str())?;
+        out.serialize_field("namespace", self.namespace.as_str())?;
+        out.serialize_field("index", &s.index)?;
+        out.serialize_field(
+            "previous_session_id",
+            &s.previous.as_ref().map(SessionId::as_str),
+        )?;
+        out.serialize_field("started_at", &Rfc3339(s.started_at))?;
+        out.serialize_field("last_activity_at", &Rfc3339(s.last_activity_at))?;
+        out.serialize_field("expires_at", &Rfc3339(self.expires_at))?;
+        out.serialize_field("ended_at", &s.ended_at.map(Rfc3339))?;
+        out.serialize_field("reason", &s.reason)?;
+        out.serialize_field("status", &s.status)?;
+        out.serialize_field("errors", &s.errors)?;
+        out.serialize_field("attributes", &s.attributes)
+    }
+}
+
+impl Serialize for SessionRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("SessionRecord", 12)?;
+        self.serialize_fields(&mut out)?;
+        out.end()
+    }
+}
+
+impl Serialize for SessionBody {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("SessionBody", 15)?;
+        self.record.serialize_fields(&mut out)?;
+        out.serialize_field("created", &self.created)?;
+        if let Some(client) = &self.client {
+            out.serialize_field("client", client.as_str())?;
+        }
+        if self.provisional {
+            out.serialize_field("provisional", &true)?;
+        }
+        out.end()
+    }
+}
+
+/// A JSON answer, written into a buffer sized for a session so that it rarely grows.
+pub fn json<T: Serialize>(value: &T) -> HttpResponse {
+    let mut body = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header(ContentType::json())
+            .body(body),
+        // Only a failing Serialize impl errs, and none of the answers has one.
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
 }
 
@@ -118,13 +160,29 @@ impl From<Event> for EventView {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-23T01:52:58.123Z`. humantime's
-/// formatter is a few times cheaper than a format description, and every answer has four.
+/// A time as RFC 3339 in UTC with milliseconds, e.g. `2026-11-23T01:52:58.123Z`.
+/// humantime's formatter is a few times cheaper than a format description, and every answer
+/// has three or four; serialized, it is written straight into the answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub i64);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Its range ends with year 9999; the store's clock is far from either end.
+        const LAST_MS: u64 = 253_402_300_799_999;
+        let ms = u64::try_from(self.0).unwrap_or(0).min(LAST_MS);
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).fmt(f)
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 pub fn rfc3339(ms: i64) -> String {
-    // Its range ends with year 9999; the store's clock is far from either end.
-    const LAST_MS: u64 = 253_402_300_799_999;
-    let ms = u64::try_from(ms).unwrap_or(0).min(LAST_MS);
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    Rfc3339(ms).to_string()
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ local policies = {}
 local a = 7
 for n = 1, tonumber(ARGV[6]) do
   policies[n] = {ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-                 idle = tonumber(ARGV[a]), max = tonumber(ARGV[a + 1])}
+                 idle = tonumber(ARGV[a]), max = tonumber(ARGV[a + 1]),
+                 inactivity = ARGV[a + 2] == 'inactivity'}
   a = a + 4
 end
 local waiting = {}
@@ -42,8 +43,8 @@ for n = 1, #KEYS do
   if waiting[member] then
     reply = {'skip', now, '', 0, ''}
   else
-    local raw, at = decide_fast(key, member, op, r[1], policy.idle, policy.max, policy[3],
-      client_ret, session_ret, now)
+    local raw, at = decide_fast(key, member, op, r[1], policy.idle, policy.max,
+      policy.inactivity, client_ret, session_ret, now)
     if raw and at == now then
       reply = raw
     elseif raw then

@@ -562,7 +562,7 @@ impl SessionStore for MemoryStore {
                 .map(|s| s.clone()),
         };
         Ok(session.map(|session| Found {
-            namespace: tag.0.to_string(),
+            namespace: tag.0,
             session,
             now,
         }))

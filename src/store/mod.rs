@@ -95,7 +95,7 @@ pub enum Outcome {
 /// A session found by id, with the store's clock at the lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    pub namespace: String,
+    pub namespace: Namespace,
     pub session: SessionState,
     pub now: i64,
 }

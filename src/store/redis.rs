@@ -421,27 +421,22 @@ impl RedisStore {
         }
     }
 
-    /// Tries the hot script (tick.lua) for a tick or current call: eight arguments instead of
-    /// twenty, and nothing set up but the decision. `None` when the call is neither.
+    /// Tries the hot script (tick.lua) for a tick or current call: two arguments, the call's
+    /// numbers in binary, and nothing set up but the decision. `None` when the call is
+    /// neither.
     async fn run_hot(&self, cmd: &Command) -> Option<Result<Reply, StoreError>> {
-        if !matches!(cmd.op, Op::Tick | Op::Current { .. }) {
-            return None;
-        }
+        let op = match cmd.op {
+            Op::Current { .. } => b'c',
+            Op::Tick => b't',
+            _ => return None,
+        };
         let (records, member) = record_location(&self.prefix, &cmd.namespace, &cmd.client);
-        let policy = &cmd.policy;
+        let call = hot_call(op, &cmd.policy, &self.retention, &cmd.attributes);
         let mut invocation = self.hot_script.key(records);
-        invocation
-            .arg(member)
-            .arg(op_name(&cmd.op))
-            .arg(cmd.attributes.user_id.as_deref().unwrap_or_default())
-            .arg(policy.idle_timeout_ms)
-            .arg(max_duration_arg(policy))
-            .arg(mode_name(policy))
-            .arg(self.retention.client_ms())
-            .arg(self.retention.session_ms());
+        invocation.arg(member).arg(call);
         let mut con = self.connection();
         let value = self.bounded(invocation.invoke_async(&mut con)).await;
-        Some(value.and_then(parse_reply))
+        Some(value.and_then(parse_hot_reply))
     }
 
     async fn run(&self, cmd: &Command, candidate: Option<&SessionId>) -> Result<Reply, StoreError> {
@@ -663,7 +658,7 @@ impl SessionStore for RedisStore {
             return Ok(None);
         }
         Ok(Some(Found {
-            namespace: pointer.namespace.as_str().to_owned(),
+            namespace: pointer.namespace,
             session: parse_session(&record)?,
             now,
         }))
@@ -900,6 +895,25 @@ fn on_user_change_name(policy: &Policy) -> &'static str {
     }
 }
 
+/// tick.lua's packed call: the op byte, the policy and retention as 6-byte big-endian numbers
+/// (struct format `>c1I6I6BI6I6`), then the user id given.
+fn hot_call(op: u8, policy: &Policy, retention: &Retention, attributes: &Attributes) -> Vec<u8> {
+    // Six bytes hold 8,900 years of milliseconds; the configuration stays far below.
+    fn push_ms(call: &mut Vec<u8>, ms: i64) {
+        call.extend_from_slice(&ms.clamp(0, (1 << 48) - 1).to_be_bytes()[2..]);
+    }
+    let user = attributes.user_id.as_deref().unwrap_or_default();
+    let mut call = Vec::with_capacity(26 + user.len());
+    call.push(op);
+    push_ms(&mut call, policy.idle_timeout_ms);
+    push_ms(&mut call, policy.max_duration_ms.unwrap_or(0));
+    call.push(u8::from(policy.mode == Mode::Inactivity));
+    push_ms(&mut call, retention.client_ms());
+    push_ms(&mut call, retention.session_ms());
+    call.extend_from_slice(user.as_bytes());
+    call
+}
+
 fn max_duration_arg(policy: &Policy) -> String {
     policy
         .max_duration_ms
@@ -1045,6 +1059,26 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
         "unknown" => Reply::Unknown,
         other => return Err(StoreError::Corrupt(format!("script reply kind {other}"))),
     })
+}
+
+/// Reads tick.lua's reply: `{now, record}`, or `none` or `slow`.
+fn parse_hot_reply(value: Value) -> Result<Reply, StoreError> {
+    match value {
+        Value::Array(parts) => match <[Value; 2]>::try_from(parts) {
+            Ok([Value::Int(now), Value::BulkString(record)]) => Ok(Reply::Session {
+                record,
+                now,
+                extend_pointer_to: 0,
+                finalized: None,
+            }),
+            _ => Err(StoreError::Corrupt(
+                "hot script reply: not {now, record}".into(),
+            )),
+        },
+        Value::BulkString(kind) if kind == b"none" => Ok(Reply::NoRecord),
+        Value::BulkString(kind) if kind == b"slow" => Ok(Reply::Slow),
+        other => Err(StoreError::Corrupt(format!("hot script reply: {other:?}"))),
+    }
 }
 
 /// Reads batch.lua's reply: its clock, then per call a session record the hot path

@@ -1,14 +1,22 @@
 -- The hot script (appended to hot.lua): a tick or current call, decided when decide_fast()
 -- can, with only what it needs.
--- KEYS[1] the records hash of the client's current session; ARGV: its field (NS:HASH), op,
--- user_id ('' when not given), idle_ms, max_ms ('' for none), mode, client_retention_ms,
--- session_retention_ms.
--- Returns decide()'s reply, or {'slow', now, '', 0, ''}: the caller then makes the full call;
--- {'none', ...} when the client has no record, so a call that starts a session can reserve
--- its id before the full call (which would otherwise only answer that it needs one).
+-- KEYS[1] the records hash of the client's current session; ARGV[1] its field (NS:HASH);
+-- ARGV[2] the call, packed so that no number is parsed from text: the op ('c' current, 't'
+-- tick), then as 6-byte big-endian numbers idle_ms, max_ms (0 for none), one byte for the
+-- mode (1 inactivity, 0 background), client_retention_ms, session_retention_ms; then the user
+-- id given, if any (the rest of the argument).
+-- Returns {now, record} when decided; 'none' when the client has no record, so a call that
+-- starts a session can reserve its id before the full call (which would otherwise only answer
+-- that it needs one); 'slow' when the caller must make the full call.
+local HOT_OPS = {c = 'current', t = 'tick'}
+local call = ARGV[2]
+local op, idle, max, mode, client_ret, session_ret = struct.unpack('>c1I6I6BI6I6', call)
+local user_given = ''
+if #call > 26 then user_given = string.sub(call, 27) end
+if max == 0 then max = nil end
 local now = clock()
-local raw, at = decide_fast(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), now)
-if raw then return {'s', at, raw, 0, ''} end
-if raw == false then return {'none', now, '', 0, ''} end
-return {'slow', now, '', 0, ''}
+local raw, at = decide_fast(KEYS[1], ARGV[1], HOT_OPS[op], user_given, idle, max, mode == 1,
+  client_ret, session_ret, now)
+if raw then return {at, raw} end
+if raw == false then return 'none' end
+return 'slow'
