@@ -72,8 +72,8 @@ pub fn new_request_id() -> HeaderValue {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
     pub status: u16,
 }
 
@@ -205,20 +205,27 @@ impl Metrics {
         }
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+    pub fn observe_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         self.request_duration
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route,
                 status,
             })
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_store_call(&self, call: &'static str, elapsed: Duration) {
+    /// The duration series of one store call (it shares its buckets with the family).
+    pub fn store_call_duration(&self, call: &'static str) -> Histogram {
         self.store_call_duration
             .get_or_create(&StoreCallLabels { call })
-            .observe(elapsed.as_secs_f64());
+            .clone()
     }
 
     /// Counts a failed store call by kind; an unreachable store is down until it answers.

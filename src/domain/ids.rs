@@ -2,11 +2,14 @@
 
 use std::fmt;
 
+use arrayvec::ArrayString;
 use secrecy::{ExposeSecret, SecretString};
 
-/// 80 bits from the OS CSPRNG, as 20 lowercase hex characters.
+/// 80 bits from the OS CSPRNG, as 20 lowercase hex characters. Held inline: ids are copied
+/// into every answer and keyed on in the in-memory store, so a heap string per id would cost
+/// an allocation per copy and a pointer to follow per comparison.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(String);
+pub struct SessionId(ArrayString<20>);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("a session id is 20 lowercase hexadecimal characters")]
@@ -16,7 +19,10 @@ impl SessionId {
     pub const BYTES: usize = 10;
 
     pub fn from_bytes(bytes: [u8; Self::BYTES]) -> Self {
-        Self(hex::encode(bytes))
+        let mut text = [0u8; 2 * Self::BYTES];
+        let encoded = hex::encode_to_slice(bytes, &mut text);
+        debug_assert!(encoded.is_ok(), "10 bytes are 20 hex digits");
+        Self(ArrayString::from_byte_string(&text).unwrap_or_default())
     }
 
     pub fn parse(raw: &str) -> Result<Self, InvalidSessionId> {
@@ -24,15 +30,14 @@ impl SessionId {
             && raw
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if valid {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(InvalidSessionId)
+        match ArrayString::from(raw) {
+            Ok(id) if valid => Ok(Self(id)),
+            _ => Err(InvalidSessionId),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -93,13 +98,14 @@ impl fmt::Debug for ClientKey {
     }
 }
 
-/// The keyed hash of a client key: 128 bits as 32 hex characters. The store never sees the raw key.
+/// The keyed hash of a client key: 128 bits as 32 hex characters. The store never sees the
+/// raw key. Held inline, as session ids are: it keys every in-memory lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientHash(String);
+pub struct ClientHash(ArrayString<32>);
 
 impl ClientHash {
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
     /// Reads a hash back from the store (a session id's pointer): 32 lowercase hex characters.
@@ -108,7 +114,7 @@ impl ClientHash {
             && raw
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| Self(raw.to_owned()))
+        ArrayString::from(raw).ok().filter(|_| valid).map(Self)
     }
 }
 
@@ -135,7 +141,7 @@ impl ClientHasher {
         let mut hex = [0u8; 32];
         let encoded = hex::encode_to_slice(&digest.as_bytes()[..16], &mut hex);
         debug_assert!(encoded.is_ok(), "16 bytes are 32 hex digits");
-        ClientHash(String::from_utf8_lossy(&hex).into_owned())
+        ClientHash(ArrayString::from_byte_string(&hex).unwrap_or_default())
     }
 
     /// The provisional session id of a client for one window of time, used while the store

@@ -34,7 +34,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if declared_length.is_some_and(|n| n > limit) {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            let mut body = web::BytesMut::new();
+            let mut body = web::BytesMut::with_capacity(declared_length.unwrap_or(0));
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk.map_err(|e| {
                     ApiError::MalformedJson(format!("the body could not be read: {e}"))
@@ -55,15 +55,14 @@ fn check_media_type(req: &HttpRequest) -> Result<(), ApiError> {
         return Ok(());
     };
     let raw = value.to_str().unwrap_or("");
-    let essence = raw
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" | "text/plain" => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType(truncate(raw, 100))),
+    let essence = raw.split(';').next().unwrap_or("").trim();
+    if ["application/json", "text/plain"]
+        .iter()
+        .any(|t| essence.eq_ignore_ascii_case(t))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(truncate(raw, 100)))
     }
 }
 

@@ -67,32 +67,42 @@ fn only(allowed: &'static str) -> Route {
     })
 }
 
+/// A route's pattern, kept with its resource so the request metrics can label by route
+/// without matching the path again.
+#[derive(Clone, Copy)]
+struct RoutePattern(&'static str);
+
+/// A resource at `path` (relative to its scope), labelled `pattern` in the request metrics.
+fn resource(path: &'static str, pattern: &'static str) -> actix_web::Resource {
+    web::resource(path).app_data(RoutePattern(pattern))
+}
+
 /// Registers every route of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let calls = [
-        ("/current", OpName::Current),
-        ("/tick", OpName::Tick),
-        ("/foreground", OpName::Foreground),
-        ("/background", OpName::Background),
-        ("/end", OpName::End),
-        ("/report", OpName::Report),
+        ("/current", "/v1/sessions/current", OpName::Current),
+        ("/tick", "/v1/sessions/tick", OpName::Tick),
+        ("/foreground", "/v1/sessions/foreground", OpName::Foreground),
+        ("/background", "/v1/sessions/background", OpName::Background),
+        ("/end", "/v1/sessions/end", OpName::End),
+        ("/report", "/v1/sessions/report", OpName::Report),
     ];
     let mut scope = web::scope("/v1/sessions").wrap(from_fn(cors::middleware));
-    for (path, op) in calls {
+    for (path, pattern, op) in calls {
         scope = scope.service(
-            web::resource(path)
+            resource(path, pattern)
                 .route(post(op))
                 .default_service(only("POST")),
         );
     }
     scope = scope
         .service(
-            web::resource("/batch")
+            resource("/batch", "/v1/sessions/batch")
                 .route(web::post().to(sessions::batch))
                 .default_service(only("POST")),
         )
         .service(
-            web::resource("/{session_id}")
+            resource("/{session_id}", "/v1/sessions/{session_id}")
                 .route(web::get().to(lookup::lookup))
                 .default_service(only("GET")),
         );
@@ -108,7 +118,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("/demo/sessiond.js", web::get().to(demo::client)),
     ] {
         cfg.service(
-            web::resource(path)
+            resource(path, path)
                 .route(handler)
                 .default_service(only("GET")),
         );
@@ -129,7 +139,7 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let id = req
         .headers()
         .get(&REQUEST_ID)
@@ -138,21 +148,36 @@ pub async fn observe(
         .unwrap_or_else(telemetry::new_request_id);
     let mut response = telemetry::serve_as(id.clone(), next.call(req)).await?;
     response.headers_mut().insert(REQUEST_ID, id);
-    if method != Method::OPTIONS
+    if method != "OPTIONS"
         && let Some(state) = response.request().app_data::<web::Data<AppState>>()
     {
         let route = response
             .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
-        state.metrics.observe_request(
-            method.as_str(),
-            &route,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+            .app_data::<RoutePattern>()
+            .map_or("unmatched", |r| r.0);
+        state
+            .metrics
+            .observe_request(method, route, response.status().as_u16(), started.elapsed());
     }
     Ok(response)
+}
+
+/// A request's method as a metric label: any other than the standard ones is `other`, so
+/// callers cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    const LABELS: [(Method, &str); 7] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    LABELS
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |(_, label)| label)
 }
 
 fn usable_request_id(raw: &[u8]) -> bool {

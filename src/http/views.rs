@@ -1,10 +1,11 @@
 //! The JSON shapes of sessions in responses, and RFC 3339 times with milliseconds.
 
-use std::fmt;
+use std::fmt::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::HttpResponse;
 use actix_web::http::header::ContentType;
+use arrayvec::ArrayString;
 use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
 
@@ -177,7 +178,10 @@ impl fmt::Display for Rfc3339 {
 
 impl Serialize for Rfc3339 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        // Formatted on the stack first: one string to write, not a formatter's pieces.
+        let mut text = ArrayString::<24>::new();
+        write!(text, "{self}").map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
     }
 }
 

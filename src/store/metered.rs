@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::{Command, Found, Outcome, Policies, SessionStore, StoreError, Swept};
 use crate::domain::stats::{StatsQuery, StatsSummary};
@@ -15,39 +16,54 @@ use crate::telemetry::Metrics;
 pub struct Metered {
     inner: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
+    /// `execute`'s series, looked up once: every session call observes it.
+    execute_duration: Histogram,
 }
 
 impl Metered {
     pub fn new(inner: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+        let execute_duration = metrics.store_call_duration("execute");
+        Self {
+            inner,
+            metrics,
+            execute_duration,
+        }
     }
 
-    fn record<T>(&self, call: &'static str, started: Instant, result: &Result<T, StoreError>) {
-        self.metrics.observe_store_call(call, started.elapsed());
+    fn record<T>(&self, duration: &Histogram, started: Instant, result: &Result<T, StoreError>) {
+        duration.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(_) => {
+            // Read first: a write on every call would bounce the gauge between the workers' cores.
+            Ok(_) if self.metrics.store_up.get() != 1 => {
                 self.metrics.store_up.set(1);
             }
+            Ok(_) => {}
             Err(e) => self.metrics.count_store_error(e),
         }
     }
 
     async fn timed<T>(
         &self,
-        call: &'static str,
+        duration: &Histogram,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = work.await;
-        self.record(call, started, &result);
+        self.record(duration, started, &result);
         result
+    }
+
+    /// The series of a call made less often than `execute`.
+    fn duration_of(&self, call: &'static str) -> Histogram {
+        self.metrics.store_call_duration(call)
     }
 }
 
 #[async_trait]
 impl SessionStore for Metered {
     async fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
-        self.timed("execute", self.inner.execute(command)).await
+        self.timed(&self.execute_duration, self.inner.execute(command))
+            .await
     }
 
     async fn execute_batch(&self, commands: &[Command]) -> Vec<Result<Outcome, StoreError>> {
@@ -56,32 +72,38 @@ impl SessionStore for Metered {
         // One observation per batch; its first failure (if any) says how the store fared.
         let first_error = results.iter().find(|r| r.is_err()).cloned();
         let fared = first_error.unwrap_or(Ok(Outcome::NoLiveSession));
-        self.record("execute_batch", started, &fared);
+        self.record(&self.duration_of("execute_batch"), started, &fared);
         results
     }
 
     async fn find(&self, id: &SessionId) -> Result<Option<Found>, StoreError> {
-        self.timed("find", self.inner.find(id)).await
+        self.timed(&self.duration_of("find"), self.inner.find(id))
+            .await
     }
 
     async fn owner(&self, id: &SessionId) -> Result<Option<(Namespace, ClientHash)>, StoreError> {
-        self.timed("owner", self.inner.owner(id)).await
+        self.timed(&self.duration_of("owner"), self.inner.owner(id))
+            .await
     }
 
     async fn sweep(&self, policies: &Policies) -> Result<Swept, StoreError> {
-        self.timed("sweep", self.inner.sweep(policies)).await
+        self.timed(&self.duration_of("sweep"), self.inner.sweep(policies))
+            .await
     }
 
     async fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.timed("events", self.inner.events(after, limit)).await
+        self.timed(&self.duration_of("events"), self.inner.events(after, limit))
+            .await
     }
 
     async fn stats(&self, query: &StatsQuery) -> Result<StatsSummary, StoreError> {
-        self.timed("stats", self.inner.stats(query)).await
+        self.timed(&self.duration_of("stats"), self.inner.stats(query))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.timed("ping", self.inner.ping()).await
+        self.timed(&self.duration_of("ping"), self.inner.ping())
+            .await
     }
 
     fn kind(&self) -> &'static str {

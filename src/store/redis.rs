@@ -1136,6 +1136,41 @@ mod tests {
         );
     }
 
+    /// The layout tick.lua unpacks with `>c1I6I6BI6I6`, then the user id.
+    #[test]
+    fn the_hot_call_packs_its_numbers_in_six_bytes_each() {
+        let policy = Policy {
+            idle_timeout_ms: 1_800_000,
+            max_duration_ms: None,
+            mode: Mode::Inactivity,
+            ..Policy::default()
+        };
+        let retention = Retention {
+            client: Duration::from_millis(0x0102_0304_0506),
+            session: Duration::from_millis(86_400_000),
+            ..Retention::default()
+        };
+        let user = Attributes {
+            user_id: Some("u-1".into()),
+            ..Attributes::default()
+        };
+        let call = hot_call(b't', &policy, &retention, &user);
+        assert_eq!(call[0], b't');
+        assert_eq!(call[1..7], 1_800_000u64.to_be_bytes()[2..]);
+        assert_eq!(call[7..13], [0; 6], "no maximum is 0");
+        assert_eq!(call[13], 1, "inactivity mode");
+        assert_eq!(call[14..20], [1, 2, 3, 4, 5, 6]);
+        assert_eq!(call[20..26], 86_400_000u64.to_be_bytes()[2..]);
+        assert_eq!(&call[26..], b"u-1");
+        let background = Policy {
+            max_duration_ms: Some(5),
+            mode: Mode::Background,
+            ..policy
+        };
+        let call = hot_call(b'c', &background, &retention, &Attributes::default());
+        assert_eq!((call[0], call[12], call[13], call.len()), (b'c', 5, 0, 26));
+    }
+
     #[test]
     fn buckets_cover_the_whole_range() {
         assert_eq!(bucket_of("0000"), 0);

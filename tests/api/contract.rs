@@ -70,3 +70,28 @@ async fn health_and_metrics_answer() {
     );
     assert!(metrics.text.contains("sessiond_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/sessions/tick\",status=\"200\"} 1"), "{}", metrics.text);
 }
+
+/// Requests are labelled by route pattern, whatever path matched it; a method outside the
+/// standard ones and a path no route matches have one label each, so callers cannot grow
+/// the label set.
+#[tokio::test]
+async fn request_metrics_label_by_route_pattern() {
+    let app = spawn_app(Store::Memory, "").await;
+    let id_lookup = app.get("/v1/sessions/0123456789abcdef0123").await.status;
+    app.get("/v1/sessions/tick").await.expect(405);
+    app.get("/no/such/path").await.expect(404);
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    app.request(purge, "/v1/sessions/tick", &[], None)
+        .await
+        .expect(405);
+    let metrics = app.get("/metrics").await.text;
+    for series in [
+        format!(r#"{{method="GET",route="/v1/sessions/{{session_id}}",status="{id_lookup}"}} 1"#),
+        r#"{method="GET",route="/v1/sessions/tick",status="405"} 1"#.to_owned(),
+        r#"{method="GET",route="unmatched",status="404"} 1"#.to_owned(),
+        r#"{method="other",route="/v1/sessions/tick",status="405"} 1"#.to_owned(),
+    ] {
+        let line = format!("sessiond_http_request_duration_seconds_count{series}");
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+}
