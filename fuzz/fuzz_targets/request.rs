@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sessiond::domain::{EventId, SessionId};
-use sessiond::http::body::{decode, decode_value};
+use sessiond::http::body::{decode, decode_operation};
 use sessiond::http::problem::ApiError;
 use sessiond::http::sessions::{BatchBody, CallBody, OpName, validate_call};
 
@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
                 for (i, value) in batch.operations.into_iter().enumerate() {
                     let place = format!("operations[{i}]");
                     let valid =
-                        decode_value::<CallBody>(value, &place).and_then(|call| match call.op {
+                        decode_operation::<CallBody>(&value, &place).and_then(|call| match call.op {
                             Some(op) => {
                                 validate_call(op, call, min_client_length, &format!("{place}."))
                             }

@@ -7,6 +7,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use super::AppState;
 use super::problem::ApiError;
@@ -85,16 +86,19 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// Decodes one object already parsed as part of a larger body; `place` names it there
-/// (`operations[3]`), and errors name its fields under it.
-pub fn decode_value<T: DeserializeOwned>(
-    value: serde_json::Value,
-    place: &str,
-) -> Result<T, ApiError> {
-    if !value.is_object() {
+/// Decodes one object of a larger body, kept as its JSON text (`operations[3]` of a batch);
+/// `place` names it there, and errors name its fields under it.
+pub fn decode_operation<T: DeserializeOwned>(raw: &RawValue, place: &str) -> Result<T, ApiError> {
+    let text = raw.get();
+    if !text.starts_with('{') {
         return Err(not_an_object(place));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| field_error(e, place))
+    // As in decode(): the path is tracked only to name the field of a failed decode.
+    if let Ok(value) = serde_json::from_str(text) {
+        return Ok(value);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| field_error(e, place))
 }
 
 fn not_an_object(place: &str) -> ApiError {

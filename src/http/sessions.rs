@@ -1,11 +1,13 @@
 //! The session calls: current, tick, foreground, background, end, report, and batch.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use super::body::{JsonBody, decode_value, truncate};
+use super::body::{JsonBody, decode_operation, truncate};
 use super::problem::{ApiError, Problem};
 use super::source::source_address;
 use super::views::{self, SessionBody, SessionRecord};
@@ -381,13 +383,14 @@ pub async fn call(
     state.admit(source, &parsed)?;
     let outcome = state.store.execute(&parsed.command).await;
     let body = state.answer(source, parsed, outcome)?;
-    Ok(views::json(&body))
+    Ok(views::json(&body, 512))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    pub operations: Vec<serde_json::Value>,
+    /// Each operation's JSON text, decoded on its own so that one bad operation fails alone.
+    pub operations: Vec<Box<RawValue>>,
 }
 
 /// Each batch result is a session or a problem.
@@ -419,10 +422,15 @@ pub async fn batch(
     let source = source_address(&req, &state.settings.limits);
     (state.limiter.check_address(source, body.operations.len()))
         .map_err(|limited| state.refuse(limited))?;
-    let mut parsed: Vec<Result<ParsedCall, ApiError>> = Vec::with_capacity(body.operations.len());
-    for (i, value) in body.operations.into_iter().enumerate() {
-        let prefix = format!("operations[{i}].");
-        let call = match decode_value::<CallBody>(value, &format!("operations[{i}]")) {
+    let count = body.operations.len();
+    let mut parsed: Vec<Result<ParsedCall, ApiError>> = Vec::with_capacity(count);
+    // One buffer for every operation's place (`operations[3].`), written over each time.
+    let mut prefix = String::new();
+    for (i, value) in body.operations.iter().enumerate() {
+        prefix.clear();
+        let _ = write!(prefix, "operations[{i}].");
+        let place = &prefix[..prefix.len() - 1];
+        let call = match decode_operation::<CallBody>(value, place) {
             Ok(body) => match body.op {
                 Some(op) => match state.parse_call(&req, op, body, &prefix).await {
                     Ok(call) => state.admit(source, &call).map(|()| call),
@@ -437,21 +445,33 @@ pub async fn batch(
         };
         parsed.push(call);
     }
-    let commands: Vec<Command> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok())
-        .map(|p| p.command.clone())
-        .collect();
-    let mut outcomes = state.store.execute_batch(&commands).await.into_iter();
-    let results = parsed
+    // The commands move to the store call and back into their calls for the answers.
+    let mut commands = Vec::with_capacity(count);
+    let rest: Vec<_> = parsed
         .into_iter()
         .map(|p| {
-            let answered = p.and_then(|call| {
-                let outcome = outcomes.next().unwrap_or_else(|| {
-                    Err(StoreError::Failed(
-                        "the store answered fewer operations than it was given".into(),
-                    ))
-                });
+            p.map(|call| {
+                commands.push(call.command);
+                (call.minted, call.on_store_error)
+            })
+        })
+        .collect();
+    let mut outcomes = state.store.execute_batch(&commands).await.into_iter();
+    let mut commands = commands.into_iter();
+    let short =
+        || StoreError::Failed("the store answered fewer operations than it was given".into());
+    let results = rest
+        .into_iter()
+        .map(|p| {
+            let answered = p.and_then(|(minted, on_store_error)| {
+                // Each call that parsed left its command, in order.
+                let command = commands.next().ok_or_else(short)?;
+                let outcome = outcomes.next().unwrap_or_else(|| Err(short()));
+                let call = ParsedCall {
+                    command,
+                    minted,
+                    on_store_error,
+                };
                 state.answer(source, call, outcome)
             });
             match answered {
@@ -460,5 +480,5 @@ pub async fn batch(
             }
         })
         .collect();
-    Ok(views::json(&BatchResponse { results }))
+    Ok(views::json(&BatchResponse { results }, 512 * count))
 }

@@ -97,9 +97,10 @@ impl Serialize for SessionBody {
     }
 }
 
-/// A JSON answer, written into a buffer sized for a session so that it rarely grows.
-pub fn json<T: Serialize>(value: &T) -> HttpResponse {
-    let mut body = Vec::with_capacity(512);
+/// A JSON answer, written into a buffer of `size_hint` bytes so that it rarely grows (an
+/// answered session takes under 512).
+pub fn json<T: Serialize>(value: &T, size_hint: usize) -> HttpResponse {
+    let mut body = Vec::with_capacity(size_hint);
     match serde_json::to_writer(&mut body, value) {
         Ok(()) => HttpResponse::Ok()
             .insert_header(ContentType::json())

@@ -15,8 +15,9 @@
 --       meanings); without them, all are at their defaults.
 -- Returns {now, reply per call}: a call the hot path decided on this clock is its session
 -- record alone; any other is decide()'s reply, or {'skip', now, '', 0, ''}.
-local OPS = {c = 'current', t = 'tick', f = 'foreground', b = 'background', e = 'end',
-             r = 'report'}
+-- By the op's byte, as string.byte reads it.
+local OPS = {[99] = 'current', [116] = 'tick', [102] = 'foreground', [98] = 'background',
+             [101] = 'end', [114] = 'report'}
 local DEFAULTS = {'', '1', '', '', '', '', '', '0', '0'}
 local client_ret, session_ret = tonumber(ARGV[1]), tonumber(ARGV[2])
 local policies = {}
@@ -31,9 +32,10 @@ local waiting = {}
 local replies = {now}
 for n = 1, #KEYS do
   local key, spec = KEYS[n], ARGV[a]
-  local op, policy = OPS[string.sub(spec, 1, 1)], policies[string.byte(spec, 2) - 47]
+  local op_byte, policy_byte, more = string.byte(spec, 1, 3)
+  local op, policy = OPS[op_byte], policies[policy_byte - 47]
   local member, r = string.sub(spec, 4), DEFAULTS
-  if string.byte(spec, 3) == 43 then
+  if more == 43 then
     r = {unpack(ARGV, a + 1, a + 9)}
     a = a + 10
   else

@@ -21,6 +21,14 @@ local function fast_deadline(t, t0, bg, idle, max, inactivity)
   return at
 end
 
+-- A time as record format 2 stores it, six bytes; the last one is kept, since a batch's ticks
+-- all write the batch's clock.
+local packed_at, packed
+local function packed_time(t)
+  if t ~= packed_at then packed_at, packed = t, struct.pack('>I6', t) end
+  return packed
+end
+
 -- A tick or current call that finds its client's session live and has nothing to change but
 -- the last activity: returns the session's record and the clock the call was decided on
 -- (now, or the session's last activity if that is later). key and member are the records
@@ -60,7 +68,7 @@ local function decide_fast(key, member, op, user_given, idle, max, inactivity, c
   if retained > px then return nil end
   -- Last activity is the six bytes after the index and start.
   local offset = at_index - 1 + 4 + 6
-  raw = string.sub(raw, 1, offset) .. struct.pack('>I6', now) .. string.sub(raw, offset + 7)
+  raw = string.sub(raw, 1, offset) .. packed_time(now) .. string.sub(raw, offset + 7)
   redis.call('HSET', key, member, raw)
   return raw, now
 end

@@ -830,10 +830,13 @@ fn bucket_prefix(prefix: &str, bucket: u32) -> String {
 /// first byte of the client's hash) and its field there (`NS:HASH`, as lib.lua's
 /// `records_key` reads it).
 fn record_location(prefix: &str, namespace: &Namespace, client: &ClientHash) -> (String, String) {
+    // Joined, not formatted: every call builds these two, a batch a hundred times. With 256
+    // buckets, the bucket of a hash is its second byte: hex digits 3 and 4.
+    const _: () = assert!(BUCKETS == 256);
     let hash = client.as_str();
     (
-        format!("{prefix}:{{{:02x}}}:r:{}", bucket_of(hash), &hash[..2]),
-        client_tag(namespace, client),
+        [prefix, ":{", &hash[2..4], "}:r:", &hash[..2]].concat(),
+        [namespace.as_str(), ":", hash].concat(),
     )
 }
 
