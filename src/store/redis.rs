@@ -528,6 +528,7 @@ impl RedisStore {
         let mut answers = Vec::with_capacity(group.len());
         let mut waiting = HashSet::new();
         let mut later = Vec::new();
+        let mut need_id = HashSet::new();
         for chunk in group.chunks(CALLS_PER_SCRIPT) {
             let (held, now): (Vec<usize>, Vec<usize>) =
                 chunk.iter().partition(|&&i| waiting.contains(&client(i)));
@@ -559,7 +560,12 @@ impl RedisStore {
             }
             for (i, reply) in now.into_iter().zip(replies) {
                 match reply {
-                    Ok(Reply::NeedId | Reply::Skipped) => {
+                    Ok(Reply::NeedId) => {
+                        need_id.insert(i);
+                        waiting.insert(client(i));
+                        later.push(i);
+                    }
+                    Ok(Reply::Skipped) => {
                         waiting.insert(client(i));
                         later.push(i);
                     }
@@ -568,15 +574,18 @@ impl RedisStore {
                 }
             }
         }
-        answers.extend(self.in_client_order(commands, later).await);
+        answers.extend(self.in_client_order(commands, later, &need_id).await);
         answers
     }
 
-    /// Runs calls one by one per client, in the order given, different clients at once.
+    /// Runs calls one by one per client, in the order given, different clients at once. A
+    /// call in `need_id` (the batch script answered that it needs a new session id) reserves
+    /// one first.
     async fn in_client_order(
         &self,
         commands: &[Command],
         calls: Vec<usize>,
+        need_id: &HashSet<usize>,
     ) -> Vec<(usize, Result<Outcome, StoreError>)> {
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let mut group_of: HashMap<(&Namespace, &ClientHash), usize> = HashMap::new();
@@ -594,7 +603,13 @@ impl RedisStore {
         let runs = groups.into_iter().map(|group| async move {
             let mut answers = Vec::with_capacity(group.len());
             for i in group {
-                answers.push((i, self.execute(&commands[i]).await));
+                // A call the batch script found needing an id reserves one straight away.
+                let answer = if need_id.contains(&i) {
+                    self.execute_with_id(&commands[i]).await
+                } else {
+                    self.execute(&commands[i]).await
+                };
+                answers.push((i, answer));
             }
             answers
         });

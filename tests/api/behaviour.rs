@@ -380,13 +380,14 @@ async fn batch_answers_every_operation_in_order(store: Store) {
             {"namespace": "web", "client": a},
             {"op": "current", "namespace": "web", "client": new_client(), "create": false},
             "tick",
+            {"op": "tick", "namespace": "web", "client": a, "attributes": {"release": 5}},
         ]))
         .await
         .expect(200)["results"]
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(results.len(), 9);
+    assert_eq!(results.len(), 10);
     assert_eq!(results[0]["created"], true);
     assert_eq!(results[1]["attributes"]["release"], "3");
     assert_eq!(results[2]["status"], 404);
@@ -398,6 +399,7 @@ async fn batch_answers_every_operation_in_order(store: Store) {
     assert_eq!(results[6]["field"], "operations[6].op");
     assert_eq!(results[7]["type"], "urn:sessiond:problem:no-live-session");
     assert_eq!(results[8]["field"], "operations[8]");
+    assert_eq!(results[9]["field"], "operations[9].attributes.release");
     // The batch's decisions are the ones single calls see.
     let single = app
         .current(json!({"namespace": "web", "client": a}))
