@@ -25,8 +25,8 @@ pub async fn lookup(
     if found.now >= retained_until(&found.session, &policy, retention) {
         return Err(ApiError::SessionNotFound(id.to_string()));
     }
-    Ok(views::json(
+    views::json(
         &SessionRecord::at(found.namespace, found.session, &policy, found.now),
         512,
-    ))
+    )
 }

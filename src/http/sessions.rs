@@ -383,7 +383,7 @@ pub async fn call(
     state.admit(source, &parsed)?;
     let outcome = state.store.execute(&parsed.command).await;
     let body = state.answer(source, parsed, outcome)?;
-    Ok(views::json(&body, 512))
+    views::json(&body, 512)
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,5 +480,5 @@ pub async fn batch(
             }
         })
         .collect();
-    Ok(views::json(&BatchResponse { results }, 512 * count))
+    views::json(&BatchResponse { results }, 512 * count)
 }

@@ -9,6 +9,7 @@ use arrayvec::ArrayString;
 use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
 
+use super::problem::ApiError;
 use crate::domain::decision::{deadline, finalized, over};
 use crate::domain::{
     ClientKey, Event, EventKind, Namespace, Policy, Reason, SessionId, SessionState, Status,
@@ -99,15 +100,16 @@ impl Serialize for SessionBody {
 
 /// A JSON answer, written into a buffer of `size_hint` bytes so that it rarely grows (an
 /// answered session takes under 512).
-pub fn json<T: Serialize>(value: &T, size_hint: usize) -> HttpResponse {
+pub fn json<T: Serialize>(value: &T, size_hint: usize) -> Result<HttpResponse, ApiError> {
     let mut body = Vec::with_capacity(size_hint);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => HttpResponse::Ok()
-            .insert_header(ContentType::json())
-            .body(body),
-        // Only a failing Serialize impl errs, and none of the answers has one.
-        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
-    }
+    // Only a failing Serialize impl errs, and none of the answers has one.
+    serde_json::to_writer(&mut body, value).map_err(|e| {
+        tracing::error!(error = %e, "an answer could not be written as JSON");
+        ApiError::Internal
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .body(body))
 }
 
 /// A lifecycle event as `GET /v1/events` answers it: the fields of the Redis stream entry,
