@@ -851,7 +851,7 @@ fn record_location(prefix: &str, namespace: &Namespace, client: &ClientHash) -> 
     let hash = client.as_str();
     (
         [prefix, ":{", &hash[2..4], "}:r:", &hash[..2]].concat(),
-        [namespace.as_str(), ":", hash].concat(),
+        client_tag(namespace, client),
     )
 }
 
@@ -1033,7 +1033,7 @@ impl Pointer {
 
 /// What a session id's pointer names: the namespace and hash of its client.
 fn client_tag(namespace: &Namespace, client: &ClientHash) -> String {
-    format!("{namespace}:{}", client.as_str())
+    [namespace.as_str(), ":", client.as_str()].concat()
 }
 
 fn end_status_name(status: EndStatus) -> &'static str {
