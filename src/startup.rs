@@ -127,6 +127,7 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut server = HttpServer::new(move || {
             App::new()
+                .app_data(state.metrics.request_series())
                 .app_data(state.clone())
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)

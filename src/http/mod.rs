@@ -25,7 +25,7 @@ use crate::config::Settings;
 use crate::domain::{ClientHasher, Clock, IdSource};
 use crate::limits::{Limited, Limiter};
 use crate::store::SessionStore;
-use crate::telemetry::{self, LimitLabels, Metrics};
+use crate::telemetry::{self, LimitLabels, Metrics, RequestLabels, RequestSeries};
 use problem::ApiError;
 use sessions::OpName;
 
@@ -146,18 +146,24 @@ pub async fn observe(
         .filter(|v| usable_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(telemetry::new_request_id);
-    let mut response = telemetry::serve_as(id.clone(), next.call(req)).await?;
-    response.headers_mut().insert(REQUEST_ID, id);
+    let (response, id) = telemetry::serve_as(id, next.call(req)).await;
+    let mut response = response?;
+    if let Some(id) = id {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
     if method != "OPTIONS"
-        && let Some(state) = response.request().app_data::<web::Data<AppState>>()
+        && let Some(series) = response.request().app_data::<RequestSeries>()
     {
         let route = response
             .request()
             .app_data::<RoutePattern>()
             .map_or("unmatched", |r| r.0);
-        state
-            .metrics
-            .observe_request(method, route, response.status().as_u16(), started.elapsed());
+        let labels = RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        };
+        series.observe(labels, started.elapsed());
     }
     Ok(response)
 }

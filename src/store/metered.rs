@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use prometheus_client::metrics::histogram::Histogram;
 
 use super::{Command, Found, Outcome, Policies, SessionStore, StoreError, Swept};
 use crate::domain::stats::{StatsQuery, StatsSummary};
 use crate::domain::{ClientHash, Event, EventId, Namespace, SessionId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{DurationHistogram, Metrics};
 
 pub struct Metered {
     inner: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
     /// `execute`'s series, looked up once: every session call observes it.
-    execute_duration: Histogram,
+    execute_duration: DurationHistogram,
 }
 
 impl Metered {
@@ -30,8 +29,13 @@ impl Metered {
         }
     }
 
-    fn record<T>(&self, duration: &Histogram, started: Instant, result: &Result<T, StoreError>) {
-        duration.observe(started.elapsed().as_secs_f64());
+    fn record<T>(
+        &self,
+        duration: &DurationHistogram,
+        started: Instant,
+        result: &Result<T, StoreError>,
+    ) {
+        duration.observe(started.elapsed());
         match result {
             // Read first: a write on every call would bounce the gauge between the workers' cores.
             Ok(_) if self.metrics.store_up.get() != 1 => {
@@ -44,7 +48,7 @@ impl Metered {
 
     async fn timed<T>(
         &self,
-        duration: &Histogram,
+        duration: &DurationHistogram,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
@@ -54,7 +58,7 @@ impl Metered {
     }
 
     /// The series of a call made less often than `execute`.
-    fn duration_of(&self, call: &'static str) -> Histogram {
+    fn duration_of(&self, call: &'static str) -> DurationHistogram {
         self.metrics.store_call_duration(call)
     }
 }

@@ -1,6 +1,13 @@
 //! Telemetry: structured logs through tracing, and the Prometheus metrics the service exports.
 
+mod histogram;
+
+pub use histogram::DurationHistogram;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,7 +18,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
@@ -39,10 +45,13 @@ tokio::task_local! {
     static REQUEST_ID: HeaderValue;
 }
 
-/// Serves `work` as the request with this id: log lines written meanwhile can name it.
+/// Serves `work` as the request with this id: log lines written meanwhile can name it. The
+/// id comes back with the output, for the response to echo.
 /// (A task-local, not a tracing span: a span per request cost several percent of a call.)
-pub async fn serve_as<F: Future>(id: HeaderValue, work: F) -> F::Output {
-    REQUEST_ID.scope(id, work).await
+pub async fn serve_as<F: Future>(id: HeaderValue, work: F) -> (F::Output, Option<HeaderValue>) {
+    let mut scoped = pin!(REQUEST_ID.scope(id, work));
+    let output = scoped.as_mut().await;
+    (output, scoped.take_value())
 }
 
 /// The id of the request being served, if any; log lines within a request carry it.
@@ -56,14 +65,28 @@ pub fn request_id() -> Option<String> {
 /// among the process's requests, and across instances but by a 2^-32 chance per pair.
 pub fn new_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u32> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+    /// Each thread counts through a block of its own, so the workers do not all write one
+    /// counter's cache line on every request.
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    const BLOCK: u64 = 1 << 16;
+    thread_local! {
+        static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
     let prefix = *PREFIX.get_or_init(|| {
         let mut bytes = [0u8; 4];
         // Without the OS's randomness the prefix is 0: ids stay unique within the process.
         let _ = getrandom::fill(&mut bytes);
         u32::from_le_bytes(bytes)
     });
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let n = RANGE.with(|range| {
+        let (mut next, mut end) = range.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        range.set((next + 1, end));
+        next
+    });
     let mut text = [0u8; 24];
     let _ = hex::encode_to_slice(prefix.to_be_bytes(), &mut text[..8]);
     let _ = hex::encode_to_slice(n.to_be_bytes(), &mut text[8..]);
@@ -98,14 +121,32 @@ pub struct StoreCallLabels {
     pub call: &'static str,
 }
 
+/// One worker's handles on the request duration series, by labels. Looking a series up in
+/// the family takes its lock, whose cache line every worker writes; the handles are the
+/// family's own series, so the exposition is unchanged.
+pub struct RequestSeries {
+    family: Family<RequestLabels, DurationHistogram>,
+    known: RefCell<HashMap<RequestLabels, DurationHistogram, foldhash::fast::RandomState>>,
+}
+
+impl RequestSeries {
+    pub fn observe(&self, labels: RequestLabels, elapsed: Duration) {
+        let mut known = self.known.borrow_mut();
+        let series = known
+            .entry(labels)
+            .or_insert_with_key(|labels| self.family.get_or_create(labels).clone());
+        series.observe(elapsed);
+    }
+}
+
 /// The service's metrics, registered once per application.
 pub struct Metrics {
     registry: Registry,
-    pub request_duration: Family<RequestLabels, Histogram>,
+    pub request_duration: Family<RequestLabels, DurationHistogram>,
     pub sessions_created: Family<CreatedLabels, Counter>,
     pub provisional_sessions: Family<NamespaceLabels, Counter>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
-    pub store_call_duration: Family<StoreCallLabels, Histogram>,
+    pub store_call_duration: Family<StoreCallLabels, DurationHistogram>,
     pub store_up: Gauge,
     pub swept_sessions: Counter,
     pub sessions_finalized: Family<FinalizedLabels, Counter>,
@@ -122,17 +163,10 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
-fn request_histogram() -> Histogram {
-    // 100 µs to about 3 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-}
-
 impl Metrics {
     pub fn new(store_kind: &str) -> Self {
         let mut registry = Registry::with_prefix("sessiond");
-        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
-            request_histogram as fn() -> Histogram,
-        );
+        let request_duration = Family::<RequestLabels, DurationHistogram>::default();
         registry.register_with_unit(
             "http_request_duration",
             "HTTP request duration by route and status",
@@ -157,9 +191,7 @@ impl Metrics {
             "Store calls that failed, by kind",
             store_errors.clone(),
         );
-        let store_call_duration = Family::<StoreCallLabels, Histogram>::new_with_constructor(
-            request_histogram as fn() -> Histogram,
-        );
+        let store_call_duration = Family::<StoreCallLabels, DurationHistogram>::default();
         registry.register_with_unit(
             "store_call_duration",
             "Store call duration by call (execute, execute_batch, find, owner, sweep, events, stats, ping)",
@@ -205,24 +237,16 @@ impl Metrics {
         }
     }
 
-    pub fn observe_request(
-        &self,
-        method: &'static str,
-        route: &'static str,
-        status: u16,
-        elapsed: Duration,
-    ) {
-        self.request_duration
-            .get_or_create(&RequestLabels {
-                method,
-                route,
-                status,
-            })
-            .observe(elapsed.as_secs_f64());
+    /// A worker's own handles on the request duration series.
+    pub fn request_series(&self) -> RequestSeries {
+        RequestSeries {
+            family: self.request_duration.clone(),
+            known: RefCell::default(),
+        }
     }
 
     /// The duration series of one store call (it shares its buckets with the family).
-    pub fn store_call_duration(&self, call: &'static str) -> Histogram {
+    pub fn store_call_duration(&self, call: &'static str) -> DurationHistogram {
         self.store_call_duration
             .get_or_create(&StoreCallLabels { call })
             .clone()
