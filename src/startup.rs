@@ -126,9 +126,11 @@ impl Application {
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut server = HttpServer::new(move || {
+            // Each worker has its own handle on the state: a shared one's reference count was
+            // written by every worker on every request.
             App::new()
                 .app_data(state.metrics.request_series())
-                .app_data(state.clone())
+                .app_data(web::Data::new(AppState::clone(&state)))
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
         });

@@ -2,7 +2,8 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::sync::Arc;
+
+use smol_str::SmolStr;
 
 /// The namespace a request uses when it names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -11,8 +12,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 ///
 /// The name becomes part of store keys, so it must never contain the `{`, `}` or `:`
 /// characters that structure them.
+///
+/// Every call clones its namespace a few times. A name of up to 23 bytes is kept inline and
+/// copied; a shared one (`Arc<str>`) was a reference count that every worker wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Namespace(Arc<str>);
+pub struct Namespace(SmolStr);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("a namespace name is 1 to 64 characters of a-z, 0-9, '_' and '-'")]
@@ -25,7 +29,7 @@ impl Namespace {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if valid {
-            Ok(Self(Arc::from(raw)))
+            Ok(Self(SmolStr::new(raw)))
         } else {
             Err(InvalidNamespace)
         }

@@ -30,6 +30,7 @@ use problem::ApiError;
 use sessions::OpName;
 
 /// What every handler shares.
+#[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn SessionStore>,
     pub settings: Arc<Settings>,
