@@ -1,4 +1,4 @@
--- Many decisions in one call (appended to hot.lua, lib.lua and decide.lua), in the order
+-- Many decisions in one call (after hot.lua, lib.lua and decide.lua), in the order
 -- given, so one client's calls keep their order. A client whose call needs a new session id (the
 -- caller reserves ids outside this slot) has its later calls skipped; the caller runs them
 -- after, one by one. On a cluster, all keys of one batch call share a slot.
@@ -45,12 +45,12 @@ for n = 1, #KEYS do
   if waiting[member] then
     reply = {'skip', now, '', 0, ''}
   else
-    local raw, at = decide_fast(key, member, op, r[1], policy.idle, policy.max,
-      policy.inactivity, client_ret, session_ret, now)
-    if raw and at == now then
-      reply = raw
-    elseif raw then
-      reply = {'s', at, raw, 0, ''}
+    local user_given, idle, max, inactivity = r[1], policy.idle, policy.max, policy.inactivity
+    -- @fast
+    if fast_raw and fast_at == now then
+      reply = fast_raw
+    elseif fast_raw then
+      reply = {'s', fast_at, fast_raw, 0, ''}
     else
       local prefix = string.match(key, '^(.*}:)r:')
       reply = decide({key, prefix .. 'a:' .. member, prefix .. 'c:' .. member}, {

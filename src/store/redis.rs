@@ -122,6 +122,11 @@ pub struct RedisStore {
     pointer_script: Script,
 }
 
+/// A script with the hot decision (fast.lua) put in place of its `-- @fast` line.
+fn with_fast(source: &str) -> Script {
+    Script::new(&source.replacen("-- @fast\n", include_str!("fast.lua"), 1))
+}
+
 /// How many calls one batch script decides at most: a script holds its Redis while it runs
 /// (100 calls take about half a millisecond), so a long batch goes in several.
 const CALLS_PER_SCRIPT: usize = 100;
@@ -188,7 +193,7 @@ impl RedisStore {
             timeout,
             ids,
             retention,
-            hot_script: Script::new(concat!(
+            hot_script: with_fast(concat!(
                 "#!lua\n",
                 include_str!("hot.lua"),
                 include_str!("tick.lua")
@@ -200,7 +205,7 @@ impl RedisStore {
                 include_str!("decide.lua"),
                 include_str!("session.lua")
             )),
-            batch_script: Script::new(concat!(
+            batch_script: with_fast(concat!(
                 "#!lua\n",
                 include_str!("hot.lua"),
                 include_str!("lib.lua"),
