@@ -4,7 +4,7 @@ use std::fmt::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::HttpResponse;
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
 use arrayvec::ArrayString;
 use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
@@ -107,8 +107,9 @@ pub fn json<T: Serialize>(value: &T, size_hint: usize) -> Result<HttpResponse, A
         tracing::error!(error = %e, "an answer could not be written as JSON");
         ApiError::Internal
     })?;
+    // A static header value: the typed ContentType is parsed and copied on every answer.
     Ok(HttpResponse::Ok()
-        .insert_header(ContentType::json())
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(body))
 }
 
