@@ -1,7 +1,7 @@
 //! The session decision: given what the store holds, a call and the store's clock, what happens.
 //!
 //! This is the one definition of the policy. The in-memory store calls [`decide`] directly;
-//! the Redis scripts (`store/decide.lua`, and `store/hot.lua` for the live tick and current
+//! the Redis scripts (`store/decide.lua`, and `store/fast.lua` for the live tick and current
 //! rows) implement the same table, and the behaviour suite
 //! runs against both to prove they agree.
 //!
