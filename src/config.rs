@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{Mode, Namespace, OnUserChange, Policy};
 use crate::limits::{LimitSettings, Rate};
-use crate::store::Retention;
+use crate::store::{Durability, Retention};
 
 /// sessiond: the single authority for activity-session identifiers.
 #[derive(Debug, Parser)]
@@ -121,6 +121,8 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     pub key_prefix: String,
     pub store_timeout: Duration,
+    /// Whether a new session is answered only once a Redis replica has it.
+    pub durability: Durability,
     pub retention: Retention,
     pub body_limit: usize,
     pub max_batch: usize,
@@ -190,6 +192,8 @@ pub struct Secrets {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     store_timeout: Option<ConfigDuration>,
+    durability: Option<DurabilityFile>,
+    replication_timeout: Option<ConfigDuration>,
     client_retention: Option<ConfigDuration>,
     session_retention: Option<ConfigDuration>,
     body_limit: Option<usize>,
@@ -207,6 +211,15 @@ pub struct FileConfig {
     limits: LimitsFile,
     #[serde(default)]
     namespaces: BTreeMap<String, NamespaceFile>,
+}
+
+/// `durability` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum DurabilityFile {
+    Async,
+    Replicated,
+    ReplicatedStrict,
 }
 
 /// `[limits]`: abuse limits; 0 turns a rate or the cap off.
@@ -361,6 +374,26 @@ impl Settings {
         if store_timeout.is_zero() {
             return Err(invalid("store_timeout", "must be more than zero"));
         }
+        let replication_timeout = file
+            .replication_timeout
+            .map_or(Duration::from_millis(100), |d| d.0);
+        if replication_timeout.is_zero() || replication_timeout >= store_timeout {
+            return Err(invalid(
+                "replication_timeout",
+                "must be more than zero and less than store_timeout",
+            ));
+        }
+        let durability = match file.durability.unwrap_or(DurabilityFile::Async) {
+            DurabilityFile::Async => Durability::Async,
+            DurabilityFile::Replicated => Durability::Replicated {
+                timeout: replication_timeout,
+                strict: false,
+            },
+            DurabilityFile::ReplicatedStrict => Durability::Replicated {
+                timeout: replication_timeout,
+                strict: true,
+            },
+        };
         let defaults = Retention::default();
         let retention = Retention {
             client: file.client_retention.map_or(defaults.client, |d| d.0),
@@ -451,6 +484,7 @@ impl Settings {
             redis,
             key_prefix,
             store_timeout,
+            durability,
             retention,
             body_limit,
             max_batch,
@@ -631,6 +665,23 @@ mod tests {
         let example = load(include_str!("../deploy/sessiond.example.toml")).unwrap();
         let defaults = load("").unwrap();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn durability_is_named_and_its_wait_stays_within_the_store_timeout() {
+        assert_eq!(load("").unwrap().durability, Durability::Async);
+        let s = load("durability = \"replicated-strict\"\nreplication_timeout = \"50ms\"").unwrap();
+        assert_eq!(
+            s.durability,
+            Durability::Replicated {
+                timeout: Duration::from_millis(50),
+                strict: true
+            }
+        );
+        let err = load("durability = \"sync\"").unwrap_err();
+        assert!(err.contains("durability"), "{err}");
+        let err = load("replication_timeout = \"1s\"").unwrap_err();
+        assert!(err.contains("`replication_timeout`"), "{err}");
     }
 
     #[test]

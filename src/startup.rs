@@ -16,7 +16,7 @@ use crate::http::{self, AppState};
 use crate::limits::Limiter;
 use crate::store::metered::Metered;
 use crate::store::redis::Target;
-use crate::store::{MemoryStore, Policies, RedisStore, SessionStore};
+use crate::store::{MemoryStore, Policies, RedisOptions, RedisStore, SessionStore};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,16 +69,16 @@ impl Application {
                         (Target::Cluster(&nodes), "Redis Cluster")
                     }
                 };
-                let store = RedisStore::connect(
-                    target,
-                    &settings.key_prefix,
-                    settings.store_timeout,
-                    ids.clone(),
-                    settings.retention,
+                let options = RedisOptions {
+                    prefix: settings.key_prefix.clone(),
+                    timeout: settings.store_timeout,
+                    retention: settings.retention,
                     // The workers, and the thread that runs the sweeper.
-                    settings.workers.unwrap_or_else(default_workers) + 1,
-                )
-                .map_err(|e| StartError::Redis(e.to_string()))?;
+                    threads: settings.workers.unwrap_or_else(default_workers) + 1,
+                    durability: settings.durability,
+                };
+                let store = RedisStore::connect(target, &options, ids.clone())
+                    .map_err(|e| StartError::Redis(e.to_string()))?;
                 tracing::info!(prefix = %settings.key_prefix, "sessions are kept in {kind}");
                 Arc::new(store)
             }
@@ -101,7 +101,7 @@ impl Application {
             let key = ids.client_key();
             SecretString::from(key.as_str().to_owned())
         });
-        let metrics = Arc::new(Metrics::new(store.kind()));
+        let metrics = Arc::new(Metrics::new(store.as_ref()));
         // Every caller reaches the store through this, so every call is measured.
         let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
         let state = web::Data::new(AppState {

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::limits::{LimitKind, Limited};
 use crate::store::StoreError;
-use crate::telemetry;
+use std::time::Duration;
+
+use crate::telemetry::{self, LogThrottle};
 
 fn rate_limited_detail(limited: &Limited) -> String {
     let what = match limited.kind {
@@ -162,8 +164,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => {
-                let request_id = telemetry::request_id();
-                tracing::warn!(request_id, %detail, "session store unavailable");
+                // An outage fails every call: ten lines per ten seconds say so.
+                static UNAVAILABLE: LogThrottle = LogThrottle::new(Duration::from_secs(10), 10);
+                if let Some(held_back) = UNAVAILABLE.allow() {
+                    let request_id = telemetry::request_id();
+                    tracing::warn!(request_id, %detail, held_back, "session store unavailable");
+                }
                 Self::StoreUnavailable
             }
             StoreError::Corrupt(detail) | StoreError::Failed(detail) => {

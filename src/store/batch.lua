@@ -5,7 +5,8 @@
 --
 -- What every call shares is sent once, and what most calls leave at its default not at all:
 -- a plain tick is its key and one argument.
--- KEYS: each call's records hash (lib.lua's records_key(); its other keys are derived from it).
+-- KEYS: each call's records hash (lib.lua's records_key(); its other keys are derived from it),
+--       then the bucket's migration guard (redis.rs says why).
 -- ARGV: client_retention_ms, session_retention_ms, pointer_slack_ms, stats_retention_ms,
 --       events_max; the number of policies, then each policy's idle_ms, max_ms, mode and
 --       on_user_change; then per call its spec: one byte for the op (OPS below), one for its
@@ -30,7 +31,7 @@ for n = 1, tonumber(ARGV[6]) do
 end
 local waiting = {}
 local replies = {now}
-for n = 1, #KEYS do
+for n = 1, #KEYS - 1 do
   local key, spec = KEYS[n], ARGV[a]
   local op_byte, policy_byte, more = string.byte(spec, 1, 3)
   local op, policy = OPS[op_byte], policies[policy_byte - 47]

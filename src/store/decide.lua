@@ -5,8 +5,9 @@
 -- KEYS[1] the records hash holding the client's current session (lib.lua's records_key()),
 -- KEYS[2] its archive (`PREFIX:{bucket}:a:NS:HASH`, hash: id -> packed record), KEYS[3] where an
 -- earlier version kept its current session (`PREFIX:{bucket}:c:NS:HASH`, read until the record
--- is next written); all carry the client's {bucket} tag, as do the bucket's health keys written
--- through H, whose prefix and namespace KEYS[2] gives.
+-- is next written), KEYS[4] the bucket's migration guard (never written; redis.rs says why); all
+-- carry the client's {bucket} tag, as do the bucket's health keys written through H, whose
+-- prefix and namespace KEYS[2] gives.
 -- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
 --       candidate, release, environment, platform, user_id ('' when not given),

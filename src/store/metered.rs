@@ -113,4 +113,8 @@ impl SessionStore for Metered {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.register_metrics(registry);
+    }
 }

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisOptions, RedisStore};
 
 /// How long records outlive their activity (CONTRACT section 7), and how much health data
 /// is kept (section 8).
@@ -58,6 +58,17 @@ impl Default for Retention {
             events: 100_000,
         }
     }
+}
+
+/// When a new session is answered (CONTRACT 5.8): Redis replicates asynchronously, so a
+/// session answered before a replica has it is lost if its primary crashes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// As soon as the primary has it.
+    Async,
+    /// Once a replica acknowledged it (`WAIT 1 timeout`). A wait that times out is counted,
+    /// and answered anyway, unless `strict`: then the call answers 503.
+    Replicated { timeout: Duration, strict: bool },
 }
 
 /// One call for one client, validated and ready to decide.
@@ -203,4 +214,7 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// A name for logs and metrics.
     fn kind(&self) -> &'static str;
+
+    /// Registers what the store measures of itself (a cluster's redirections and slot map).
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

@@ -22,6 +22,15 @@
 //! - `PREFIX:{bucket}:ev`  stream of the bucket's lifecycle events, trimmed with `MAXLEN ~`;
 //! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
 //!   (`domain::stats`), expiring `stats_retention` after the day.
+//!
+//! `PREFIX:{bucket}:guard` is never written. Every script that writes more than one key
+//! declares it, so that such a script never runs while its slot is being migrated: Redis
+//! Cluster refuses a multi-key call that names a key the node does not hold while the slot
+//! migrates (TRYAGAIN, or ASK and then TRYAGAIN on the target), and the router waits the
+//! migration out. Without it a script could write on the source a key already moved (and fail
+//! halfway), or create on the target a key still on the source (and the migration of that key
+//! would then fail). A script that writes only its one declared key (the hot tick, the
+//! pointers) needs no guard.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -36,13 +45,17 @@ use redis::{
     AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Script, Value,
 };
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 
 use super::cluster::ClusterRouter;
 use super::record;
 use super::{
-    Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept,
+    Command, Durability, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError,
+    Swept,
 };
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
@@ -109,6 +122,12 @@ pub struct RedisStore {
     /// call and the connection's driver task run on the same thread: handing each reply from
     /// one shared driver to the other workers cost more than the extra connections.
     connections: Box<[Connection]>,
+    /// Where new sessions are written when they must reach a replica before they are
+    /// answered (`Durability::Replicated`), as many as `connections`.
+    creations: Option<Box<[Connection]>>,
+    durability: Durability,
+    /// WAITs for a replica, by outcome (replicated, timed_out).
+    replication_waits: Family<OutcomeLabels, Counter>,
     prefix: String,
     timeout: Duration,
     ids: Arc<dyn IdSource>,
@@ -120,6 +139,24 @@ pub struct RedisStore {
     find_script: Script,
     events_script: Script,
     pointer_script: Script,
+}
+
+/// How the store is set up, beside where its Redis is.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The prefix of every key.
+    pub prefix: String,
+    /// A store call taking longer fails as unavailable.
+    pub timeout: Duration,
+    pub retention: Retention,
+    /// How many threads call the store (each gets a connection of its own).
+    pub threads: usize,
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 /// A script with the hot decision (fast.lua) put in place of its `-- @fast` line.
@@ -160,12 +197,16 @@ impl RedisStore {
     /// failures, so sessiond starts and recovers without Redis being there at that moment.
     pub fn connect(
         target: Target<'_>,
-        prefix: &str,
-        timeout: Duration,
+        options: &RedisOptions,
         ids: Arc<dyn IdSource>,
-        retention: Retention,
-        threads: usize,
     ) -> RedisResult<Self> {
+        let RedisOptions {
+            ref prefix,
+            timeout,
+            retention,
+            threads,
+            durability,
+        } = *options;
         // Bounded connection and response times, and a short reconnect backoff, so a call
         // during an outage or a failover fails within the store timeout and recovery is quick.
         let config = ConnectionManagerConfig::new()
@@ -174,22 +215,39 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200))
             .set_number_of_retries(2);
-        let connections = match target {
-            Target::Single(url) => {
-                let client = redis::Client::open(url)?;
-                (0..threads.max(1))
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                            .map(Connection::Single)
-                    })
-                    .collect::<RedisResult<_>>()?
-            }
-            // The router keeps a connection per node and is shared.
-            Target::Cluster(urls) => vec![Connection::Cluster(ClusterRouter::new(urls, config)?)],
+        let open = || -> RedisResult<Box<[Connection]>> {
+            Ok(match target {
+                Target::Single(url) => {
+                    let client = redis::Client::open(url)?;
+                    (0..threads.max(1))
+                        .map(|_| {
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map(Connection::Single)
+                        })
+                        .collect::<RedisResult<_>>()?
+                }
+                // The router keeps a connection per node and is shared.
+                Target::Cluster(urls) => Box::new([Connection::Cluster(ClusterRouter::new(
+                    urls,
+                    config.clone(),
+                    timeout,
+                )?)]),
+            })
+        };
+        let connections = open()?;
+        // WAIT holds the connection it is sent on until a replica acknowledges, so new
+        // sessions are written, and waited for, on connections of their own: a replica that
+        // is slow or gone holds up new sessions only, never the calls of sessions that exist.
+        let creations = match durability {
+            Durability::Async => None,
+            Durability::Replicated { .. } => Some(open()?),
         };
         Ok(Self {
-            connections: connections.into(),
-            prefix: prefix.to_owned(),
+            connections,
+            creations,
+            durability,
+            replication_waits: Family::default(),
+            prefix: prefix.clone(),
             timeout,
             ids,
             retention,
@@ -232,6 +290,11 @@ impl RedisStore {
     /// The calling thread's connection. A lazy connection is made on its first use, so its
     /// driver task runs on the runtime of the thread that uses it.
     fn connection(&self) -> Connection {
+        Self::thread_connection(&self.connections)
+    }
+
+    /// The calling thread's connection of a set.
+    fn thread_connection(set: &[Connection]) -> Connection {
         thread_local! {
             static SLOT: usize = {
                 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -239,7 +302,7 @@ impl RedisStore {
             };
         }
         let slot = SLOT.with(|slot| *slot);
-        self.connections[slot % self.connections.len()].clone()
+        set[slot % set.len()].clone()
     }
 
     /// About how many events each bucket's stream keeps, so all of them keep `events`.
@@ -383,6 +446,9 @@ impl RedisStore {
                 add_report_args(&mut invocation, &cmd.op);
             }
         }
+        // On a cluster every call of one script is of one bucket (`execute_batch`).
+        let first = commands[calls[0]].client.as_str();
+        invocation.key(guard_key(&self.prefix, bucket_of(first)));
         invocation
     }
 
@@ -445,10 +511,18 @@ impl RedisStore {
     }
 
     async fn run(&self, cmd: &Command, candidate: Option<&SessionId>) -> Result<Reply, StoreError> {
-        let mut con = self.connection();
+        self.run_on(&mut self.connection(), cmd, candidate).await
+    }
+
+    async fn run_on(
+        &self,
+        con: &mut Connection,
+        cmd: &Command,
+        candidate: Option<&SessionId>,
+    ) -> Result<Reply, StoreError> {
         let mut invocation = self.session_script.prepare_invoke();
         self.add_call(&mut invocation, cmd, candidate);
-        let value: Value = self.bounded(invocation.invoke_async(&mut con)).await?;
+        let value: Value = self.bounded(invocation.invoke_async(con)).await?;
         parse_reply(value)
     }
 
@@ -516,10 +590,62 @@ impl RedisStore {
         }
     }
 
+    /// A call that may start a session: reserves an id, decides, and when the call started
+    /// the session and the durability asks for it, waits until a replica has it.
     async fn execute_with_id(&self, cmd: &Command) -> Result<Outcome, StoreError> {
         let candidate = self.reserve_id(cmd).await?;
-        let reply = self.run(cmd, Some(&candidate)).await?;
-        self.finish(reply, Some(candidate)).await
+        let mut con = match &self.creations {
+            Some(set) => Self::thread_connection(set),
+            None => self.connection(),
+        };
+        let reply = self.run_on(&mut con, cmd, Some(&candidate)).await?;
+        let outcome = self.finish(reply, Some(candidate)).await?;
+        if let (
+            Outcome::Session { created: true, .. },
+            Durability::Replicated { timeout, strict },
+        ) = (&outcome, self.durability)
+        {
+            self.wait_for_replica(&mut con, cmd, timeout, strict)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Waits until a replica of the primary that wrote a client's session acknowledged every
+    /// write of the connection it went on (WAIT counts per connection), for at most `timeout`.
+    async fn wait_for_replica(
+        &self,
+        con: &mut Connection,
+        cmd: &Command,
+        timeout: Duration,
+        strict: bool,
+    ) -> Result<(), StoreError> {
+        let ms = timeout.as_millis() as u64;
+        let acknowledged: i64 = match con {
+            Connection::Single(c) => {
+                self.bounded(redis::cmd("WAIT").arg(1).arg(ms).query_async(c))
+                    .await?
+            }
+            Connection::Cluster(router) => {
+                let (records, _) = record_location(&self.prefix, &cmd.namespace, &cmd.client);
+                self.bounded(router.wait_for_replicas(records.as_bytes(), 1, ms))
+                    .await?
+            }
+        };
+        let outcome = if acknowledged >= 1 {
+            "replicated"
+        } else {
+            "timed_out"
+        };
+        self.replication_waits
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if acknowledged < 1 && strict {
+            return Err(StoreError::Unavailable(format!(
+                "no replica acknowledged a new session within {ms} ms"
+            )));
+        }
+        Ok(())
     }
 
     /// One group of a batch (`execute_batch`): its calls in batch scripts, then the calls
@@ -702,6 +828,7 @@ impl SessionStore for RedisStore {
             let prefix = bucket_prefix(&self.prefix, bucket);
             let mut call = self.sweep_script.key(format!("{prefix}wake"));
             call.key(format!("{prefix}due"))
+                .key(guard_key(&self.prefix, bucket))
                 .arg(&prefix)
                 .arg(SWEEP_LIMIT)
                 .arg(self.retention.stats_ms())
@@ -819,6 +946,19 @@ impl SessionStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Connection::Cluster(router) = &self.connections[0] {
+            router.register_metrics(registry);
+        }
+        if self.creations.is_some() {
+            registry.register(
+                "replication_waits",
+                "New sessions waited for until a replica had them (durability = replicated), by outcome (replicated, timed_out)",
+                self.replication_waits.clone(),
+            );
+        }
+    }
 }
 
 /// Clients are spread over this many buckets by their hash. A bucket is the hash tag of
@@ -861,14 +1001,20 @@ fn record_location(prefix: &str, namespace: &Namespace, client: &ClientHash) -> 
 }
 
 /// A client's keys as decide.lua takes them, all tagged with the client's bucket: its records
-/// hash, its archive (`PREFIX:{bucket}:a:NS:HASH`), and where an earlier version kept its
-/// current session (`PREFIX:{bucket}:c:NS:HASH`).
-fn client_keys(prefix: &str, namespace: &Namespace, client: &ClientHash) -> [String; 3] {
+/// hash, its archive (`PREFIX:{bucket}:a:NS:HASH`), where an earlier version kept its
+/// current session (`PREFIX:{bucket}:c:NS:HASH`), and the bucket's migration guard.
+fn client_keys(prefix: &str, namespace: &Namespace, client: &ClientHash) -> [String; 4] {
     let (records, member) = record_location(prefix, namespace, client);
     let bucket = bucket_of(client.as_str());
     let [archive, earlier] =
         ["a", "c"].map(|kind| format!("{prefix}:{{{bucket:02x}}}:{kind}:{member}"));
-    [records, archive, earlier]
+    [records, archive, earlier, guard_key(prefix, bucket)]
+}
+
+/// The bucket's migration guard (see the module's comment): named by every script that
+/// writes more than one key, never written.
+fn guard_key(prefix: &str, bucket: u32) -> String {
+    format!("{}guard", bucket_prefix(prefix, bucket))
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -1147,12 +1293,13 @@ mod tests {
     fn a_clients_keys_share_the_tag_of_its_bucket() {
         let client = ClientHash::parse_stored("3f2a0000000000000000000000000000").unwrap();
         let web = Namespace::parse("web").unwrap();
-        let [records, archive, earlier] = client_keys("sd", &web, &client);
+        let [records, archive, earlier, guard] = client_keys("sd", &web, &client);
         assert_eq!(records, "sd:{2a}:r:3f");
         assert_eq!(archive, "sd:{2a}:a:web:3f2a0000000000000000000000000000");
         assert_eq!(earlier, "sd:{2a}:c:web:3f2a0000000000000000000000000000");
         assert_eq!(tag(&records), tag(&archive));
         assert_eq!(tag(&records), tag(&earlier));
+        assert_eq!(guard, "sd:{2a}:guard");
         assert_eq!(
             record_location("sd", &web, &client).1,
             "web:3f2a0000000000000000000000000000"

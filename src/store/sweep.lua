@@ -7,7 +7,8 @@
 -- KEYS[1] the bucket's wake index: a sorted set of its records hashes (by XX, lib.lua's
 -- records_key()) by when the first of their records is due (lib.lua's next_look()); KEYS[2]
 -- the due index of earlier versions, drained here: a sorted set of sub-indexes (`d:XX`, sorted
--- sets of clients, NS:HASH, by when to look again) and of clients, each by when it is due.
+-- sets of clients, NS:HASH, by when to look again) and of clients, each by when it is due;
+-- KEYS[3] the bucket's migration guard (never written; redis.rs says why).
 -- ARGV: bucket key prefix, limit, stats_retention_ms, events_max, client_retention_ms,
 --       session_retention_ms, then per namespace its name, idle_ms, max_ms and mode; the name
 --       '' is the policy of namespaces not listed.

@@ -23,7 +23,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::domain::{Reason, Status};
-use crate::store::StoreError;
+use crate::store::{SessionStore, StoreError};
 
 /// Installs the global log subscriber; `SESSIOND_LOG` (or `RUST_LOG`) filters, default `info`.
 pub fn init_logging(format: LogFormat) {
@@ -52,6 +52,42 @@ pub async fn serve_as<F: Future>(id: HeaderValue, work: F) -> (F::Output, Option
     let mut scoped = pin!(REQUEST_ID.scope(id, work));
     let output = scoped.as_mut().await;
     (output, scoped.take_value())
+}
+
+/// Lets a few lines of one kind through per window and counts the rest, so a stream of the
+/// same failure (an outage, a cluster that keeps redirecting) is a handful of lines a window,
+/// each saying how many were held back before it, not a line per call.
+pub struct LogThrottle {
+    window: Duration,
+    burst: u32,
+    /// The window's start, lines let through in it, lines held back since the last one.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
+}
+
+impl LogThrottle {
+    pub const fn new(window: Duration, burst: u32) -> Self {
+        Self {
+            window,
+            burst,
+            state: std::sync::Mutex::new((None, 0, 0)),
+        }
+    }
+
+    /// Whether a line may be written now; if so, how many were held back before it.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, used, held) = &mut *state;
+        if start.is_none_or(|at| at.elapsed() >= self.window) {
+            *start = Some(std::time::Instant::now());
+            *used = 0;
+        }
+        if *used >= self.burst {
+            *held += 1;
+            return None;
+        }
+        *used += 1;
+        Some(std::mem::take(held))
+    }
 }
 
 /// The id of the request being served, if any; log lines within a request carry it.
@@ -164,8 +200,10 @@ pub struct LimitLabels {
 }
 
 impl Metrics {
-    pub fn new(store_kind: &str) -> Self {
+    pub fn new(store: &dyn SessionStore) -> Self {
+        let store_kind = store.kind();
         let mut registry = Registry::with_prefix("sessiond");
+        store.register_metrics(&mut registry);
         let request_duration = Family::<RequestLabels, DurationHistogram>::default();
         registry.register_with_unit(
             "http_request_duration",
@@ -302,5 +340,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_throttle_lets_a_burst_through_per_window_and_counts_the_rest() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600), 2);
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        // A window that is over at once: every line goes through, the held back counted on.
+        let unthrottled = LogThrottle::new(Duration::ZERO, 1);
+        assert_eq!(unthrottled.allow(), Some(0));
+        assert_eq!(unthrottled.allow(), Some(0));
     }
 }

@@ -14,11 +14,15 @@ use crate::concurrency::{ids_and_created, race};
 use crate::helpers::{SECRET, TestApp, new_client, spawn_on_cluster};
 use crate::redis_cluster::{self, RedisCluster};
 
+/// The hash tag of a client's keys, which names its bucket.
+pub fn tag_of(client: &str) -> String {
+    let key = ClientKey::parse(client, 1).unwrap();
+    client_hash_tag(&ClientHasher::new(&SECRET.into()).hash(&key))
+}
+
 /// The port of the primary holding a client's keys.
 fn primary_of(cluster: &RedisCluster, client: &str) -> u16 {
-    let key = ClientKey::parse(client, 1).unwrap();
-    let hash = ClientHasher::new(&SECRET.into()).hash(&key);
-    cluster.primary_for(&client_hash_tag(&hash)).port
+    cluster.primary_for(&tag_of(client)).port
 }
 
 /// `per_primary` fresh clients for each primary of the cluster, by primary port.
@@ -197,5 +201,131 @@ async fn a_killed_primary_gives_bounded_503s_for_its_clients_only_until_its_repl
             last_503 - first_503,
             before.last() == after.first()
         );
+    }
+}
+
+/// What one durability setting did for the sessions a killed primary had just acknowledged.
+struct Durable {
+    created: usize,
+    lost: usize,
+    latencies: Vec<Duration>,
+}
+
+/// Creates sessions for fresh clients of one primary as fast as 8 callers can until the
+/// primary is killed (SIGKILL); once its replica took over, asks for every session that was
+/// answered as created: a lost one is gone from the promoted replica.
+async fn kill_under_new_sessions(cluster: &Arc<RedisCluster>, durability: &str) -> Durable {
+    let app = Arc::new(
+        spawn_on_cluster(
+            &format!(
+                "durability = \"{durability}\"\nstore_timeout = \"1s\"\n\
+                 [namespaces.web]\nidle_timeout = \"10m\""
+            ),
+            cluster.clone(),
+        )
+        .await,
+    );
+    let (victim, clients) = {
+        let cluster = cluster.clone();
+        on_cluster(move || {
+            let victim = cluster.primary_with_replica().port;
+            let owners = cluster.bucket_owners();
+            let clients: Vec<String> = std::iter::repeat_with(new_client)
+                .filter(|c| owners[&tag_of(c)] == victim)
+                .take(5_000)
+                .collect();
+            (victim, clients)
+        })
+        .await
+    };
+    let clients = Arc::new(clients);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, clients, next, stop) =
+                (app.clone(), clients.clone(), next.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut created = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(client) = clients.get(n) else { break };
+                    let sent = Instant::now();
+                    let answer = app
+                        .current(json!({"namespace": "web", "client": client}))
+                        .await;
+                    if answer.status == 200 && answer.json()["created"] == true {
+                        let id = answer.json()["session_id"].as_str().unwrap().to_owned();
+                        created.push((client.clone(), id, sent.elapsed()));
+                    }
+                }
+                created
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let cluster = cluster.clone();
+        on_cluster(move || {
+            cluster.node(victim).kill();
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut created = Vec::new();
+    for caller in callers {
+        created.extend(caller.await.unwrap());
+    }
+    {
+        let cluster = cluster.clone();
+        on_cluster(move || cluster.wait_until_healthy(Duration::from_secs(30))).await;
+    }
+    let mut lost = 0;
+    for (client, id, _) in &created {
+        let answer = loop {
+            let answer = app
+                .current(json!({"namespace": "web", "client": client, "create": false}))
+                .await;
+            if answer.status != 503 {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match answer.status {
+            200 => assert_eq!(answer.json()["session_id"], id.as_str()),
+            404 => lost += 1,
+            other => panic!("after the failover a lookup answered {other}"),
+        }
+    }
+    Durable {
+        created: created.len(),
+        lost,
+        latencies: created.into_iter().map(|(_, _, took)| took).collect(),
+    }
+}
+
+/// CONTRACT 5.8: with `durability = "replicated"`, a new session is answered only once a
+/// replica has it, so killing its primary right after loses none; the figures of both
+/// settings (sessions lost, and what waiting costs a new session) are printed for
+/// deploy/README.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_under_new_sessions_loses_none_that_waited_for_a_replica() {
+    let cluster = Arc::new(on_cluster(RedisCluster::start).await);
+    for durability in ["async", "replicated"] {
+        let mut seen = kill_under_new_sessions(&cluster, durability).await;
+        seen.latencies.sort();
+        let at = |q: f64| seen.latencies[((seen.latencies.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "durability {durability}: {} sessions created, {} lost to the primary's kill; \
+             new session p50 {:?}, p99 {:?}",
+            seen.created,
+            seen.lost,
+            at(0.5),
+            at(0.99)
+        );
+        assert!(seen.created > 100, "sessions were created before the kill");
+        if durability == "replicated" {
+            assert_eq!(seen.lost, 0, "no session a replica acknowledged is lost");
+        }
     }
 }

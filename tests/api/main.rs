@@ -18,3 +18,4 @@ mod model;
 mod outage;
 mod process;
 mod redis_store;
+mod resharding;

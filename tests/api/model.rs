@@ -23,7 +23,8 @@ use sessiond::domain::{
 use sessiond::http::views::SessionRecord;
 use sessiond::store::redis::Target;
 use sessiond::store::{
-    Command, MemoryStore, Outcome, Policies, RedisStore, Retention, SessionStore,
+    Command, Durability, MemoryStore, Outcome, Policies, RedisOptions, RedisStore, Retention,
+    SessionStore,
 };
 
 use crate::redis_server;
@@ -947,15 +948,15 @@ async fn the_regressions_agree_with_the_model_on_both_stores() {
 
 /// A run on the Redis store under its own key prefix.
 fn redis_run(url: &str, prefix: &str) -> Run {
-    let store = RedisStore::connect(
-        Target::Single(url),
-        prefix,
-        Duration::from_secs(2),
-        Arc::new(OsRandom),
-        retention(),
-        1,
-    )
-    .expect("the Redis URL is valid");
+    let options = RedisOptions {
+        prefix: prefix.to_owned(),
+        timeout: Duration::from_secs(2),
+        retention: retention(),
+        threads: 1,
+        durability: Durability::Async,
+    };
+    let store = RedisStore::connect(Target::Single(url), &options, Arc::new(OsRandom))
+        .expect("the Redis URL is valid");
     // Real time runs ahead of the model's by the calls' own duration: well within the quarter
     // unit that separates every decision from its boundary.
     Run {

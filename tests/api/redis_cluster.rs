@@ -6,9 +6,10 @@
 //! `cluster-require-full-coverage no`, as the deployment docs recommend, so one shard
 //! failing over leaves the others serving.
 
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,26 @@ pub struct Node {
     guard: Mutex<Option<Child>>,
     /// redis-server's own PID, while it runs.
     pid: Mutex<Option<u32>>,
+    /// Whether the node is a member of the cluster (spares are not until added).
+    member: AtomicBool,
 }
 
 impl Node {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `host:port`, as redis-cli names nodes.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The node's id in the cluster (CLUSTER MYID).
+    pub fn id(&self) -> String {
+        match self.query(&["CLUSTER", "MYID"]) {
+            Ok(Value::BulkString(id)) => String::from_utf8(id).unwrap(),
+            other => panic!("CLUSTER MYID answered {other:?}"),
+        }
     }
 
     /// Kills the server by PID, as a crash would, and waits until it no longer answers.
@@ -45,7 +61,12 @@ impl Node {
         self.pid.lock().unwrap().is_some()
     }
 
-    fn query(&self, args: &[&str]) -> redis::RedisResult<Value> {
+    /// Marks the node as a member of the cluster (after `add-node`) or not (after `del-node`).
+    pub fn set_member(&self, member: bool) {
+        self.member.store(member, Ordering::SeqCst);
+    }
+
+    pub fn query(&self, args: &[&str]) -> redis::RedisResult<Value> {
         let client = redis::Client::open(self.url())?;
         let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
         let mut cmd = redis::cmd(args[0]);
@@ -67,6 +88,7 @@ impl Node {
 
 pub struct RedisCluster {
     _dir: tempfile::TempDir,
+    /// Every node started, the spares included once they join.
     pub nodes: Vec<Node>,
 }
 
@@ -98,6 +120,13 @@ impl RedisCluster {
     /// Starts six nodes and forms a cluster of three primaries, each with one replica, and
     /// waits until every node sees the cluster as ok and every replica is in sync.
     pub fn start() -> Self {
+        Self::start_with_spares(0)
+    }
+
+    /// Starts six nodes formed into a cluster as `start` does, and `spares` more that run
+    /// outside the cluster until a test adds them (`redis-cli --cluster add-node`). They come
+    /// last in `nodes`.
+    pub fn start_with_spares(spares: usize) -> Self {
         assert!(
             Command::new("redis-server")
                 .arg("--version")
@@ -107,7 +136,7 @@ impl RedisCluster {
         );
         let dir = tempfile::tempdir().expect("a temp dir for the cluster");
         let mut nodes = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..6 + spares {
             let port = free_port_pair();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
@@ -131,6 +160,7 @@ impl RedisCluster {
                 port,
                 guard: Mutex::new(Some(guard)),
                 pid: Mutex::new(None),
+                member: AtomicBool::new(nodes.len() < 6),
             });
         }
         let cluster = Self { _dir: dir, nodes };
@@ -146,11 +176,7 @@ impl RedisCluster {
             *node.pid.lock().unwrap() = pid;
         }
 
-        let addresses: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
+        let addresses: Vec<String> = cluster.nodes[..6].iter().map(Node::address).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
@@ -162,6 +188,35 @@ impl RedisCluster {
         assert!(created.success(), "redis-cli --cluster create succeeded");
         cluster.wait_until_healthy(Duration::from_secs(30));
         cluster
+    }
+
+    /// Runs `redis-cli --cluster ARGS...`, as an operator would, and asserts it succeeded.
+    pub fn redis_cli(&self, args: &[&str]) {
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Waits until every running member knows `nodes` nodes, says cluster_state:ok, and has
+    /// its replicas in sync.
+    pub fn wait_until_known(&self, nodes: usize, bound: Duration) {
+        wait_until("every member knows the new topology", bound, || {
+            self.running().all(|n| {
+                n.text(&["CLUSTER", "INFO"])
+                    .contains(&format!("cluster_known_nodes:{nodes}\r"))
+            })
+        });
+        self.wait_until_healthy(bound);
     }
 
     /// Waits until every running node says cluster_state:ok and every replica is in sync.
@@ -176,13 +231,54 @@ impl RedisCluster {
         });
     }
 
+    /// The members of the cluster that are running.
     fn running(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.is_running())
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running() && n.member.load(Ordering::SeqCst))
+    }
+
+    /// Which primary serves each of sessiond's 256 client buckets (`{00}` to `{ff}`), as the
+    /// cluster says now: one CLUSTER SLOTS, and the slot of each bucket's hash tag.
+    pub fn bucket_owners(&self) -> HashMap<String, u16> {
+        let primaries = self.primaries();
+        let node = self.running().next().unwrap();
+        (0..256)
+            .map(|bucket| {
+                let tag = format!("{{{bucket:02x}}}");
+                let Ok(Value::Int(slot)) = node.query(&["CLUSTER", "KEYSLOT", &tag]) else {
+                    panic!("CLUSTER KEYSLOT answers")
+                };
+                let port = primaries
+                    .iter()
+                    .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+                    .map(|(node, _)| node.port)
+                    .unwrap_or_else(|| panic!("no primary serves slot {slot}"));
+                (tag, port)
+            })
+            .collect()
+    }
+
+    /// A running primary with a replica in sync, which a failover would promote.
+    pub fn primary_with_replica(&self) -> &Node {
+        self.primaries()
+            .into_iter()
+            .map(|(node, _)| node)
+            .find(|node| {
+                let replication = node.text(&["INFO", "replication"]);
+                replication.contains("connected_slaves:1") && replication.contains("state=online")
+            })
+            .expect("a primary with a replica in sync")
+    }
+
+    /// The node listening on a port.
+    pub fn node(&self, port: u16) -> &Node {
+        self.nodes.iter().find(|n| n.port == port).unwrap()
     }
 
     /// The seed URLs sessiond is given.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::url).collect()
+        self.running().map(Node::url).collect()
     }
 
     /// The node currently serving a key's slot as primary.
