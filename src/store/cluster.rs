@@ -593,24 +593,30 @@ impl ClusterRouter {
             .cloned()
     }
 
-    /// A command without a key (PING) goes to the first primary that answers, so one
-    /// failing shard does not make the whole cluster look down.
+    /// A command without a key (PING) goes to every primary at once, and the first answer
+    /// is the answer: one shard that is down (failing over) does not make the whole cluster
+    /// look down, nor wait for that shard's timeout.
     async fn to_any_primary(&self, cmd: &Cmd) -> RedisResult<Value> {
         if self.slot_map().is_empty() {
             self.refresh().await?;
         }
-        let mut last_error = None;
-        for addr in self.slot_map().primaries() {
-            match self.node(&addr)?.req_packed_command(cmd).await {
-                Ok(value) => return Ok(value),
-                Err(e) => {
-                    self.refresh_soon();
-                    last_error = Some(e);
-                }
+        let primaries = self.slot_map().primaries();
+        if primaries.is_empty() {
+            return Err((ErrorKind::ClusterConnectionNotFound, "no primary").into());
+        }
+        let sends = primaries.into_iter().map(|addr| {
+            Box::pin(async move {
+                let answer = self.node(&addr)?.req_packed_command(cmd).await?;
+                answer.extract_error()
+            })
+        });
+        match futures_util::future::select_ok(sends).await {
+            Ok((value, _)) => Ok(value),
+            Err(e) => {
+                self.refresh_soon();
+                Err(e)
             }
         }
-        Err(last_error
-            .unwrap_or_else(|| (ErrorKind::ClusterConnectionNotFound, "no primary").into()))
     }
 
     /// Sends one command to a node, after ASKING when the node is the target of an ASK. The

@@ -149,6 +149,9 @@ async fn a_killed_primary_gives_bounded_503s_for_its_clients_only_until_its_repl
         })
         .await;
     }
+    // One shard down does not make the instance unready: the load balancer keeps it, and
+    // it keeps serving every other shard's clients.
+    app.get("/readyz").await.expect(200);
     let mut failed_over = Vec::new();
     for (port, ticker) in tickers {
         let seen = ticker.await.unwrap();
@@ -297,6 +300,15 @@ async fn kill_under_new_sessions(cluster: &Arc<RedisCluster>, durability: &str) 
             other => panic!("after the failover a lookup answered {other}"),
         }
     }
+    let waits = app.get("/metrics").await.text;
+    let replicated = waits
+        .lines()
+        .find(|l| l.starts_with("sessiond_replication_waits_total{outcome=\"replicated\"}"));
+    assert_eq!(
+        replicated.is_some(),
+        durability == "replicated",
+        "replication waits are counted with durability = replicated only"
+    );
     Durable {
         created: created.len(),
         lost,

@@ -428,6 +428,11 @@ async fn resharding_scaling_out_and_scaling_in_keep_every_session_whole() {
     );
     for app in apps.iter() {
         assert!(metric(app, "sessiond_store_redirects_total", "kind=\"moved\"").await > 0.0);
+        // Read at the first call, on the MOVED answers, and every 5 s.
+        let refreshes = metric(app, "sessiond_store_slot_map_refreshes_total", "").await;
+        assert!(refreshes >= 10.0, "slot map refreshes: {refreshes}");
+        let age = metric(app, "sessiond_store_slot_map_age_seconds", "").await;
+        assert!((0.0..=6.0).contains(&age), "slot map age: {age}");
         app.get("/readyz").await.expect(200);
     }
 }
