@@ -125,6 +125,12 @@ pub struct Settings {
     pub durability: Durability,
     pub retention: Retention,
     pub body_limit: usize,
+    /// A body must arrive whole within this, else 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// Concurrent connections the instance accepts at most, and per caller address (a
+    /// trusted proxy's connections are not capped); 0: no cap per address.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub max_batch: usize,
     pub min_client_length: usize,
     pub limits: LimitSettings,
@@ -197,6 +203,9 @@ pub struct FileConfig {
     client_retention: Option<ConfigDuration>,
     session_retention: Option<ConfigDuration>,
     body_limit: Option<usize>,
+    body_timeout: Option<ConfigDuration>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     max_batch: Option<usize>,
     min_client_length: Option<usize>,
     key_prefix: Option<String>,
@@ -415,6 +424,21 @@ impl Settings {
         if body_limit < 1024 {
             return Err(invalid("body_limit", "must be at least 1024 bytes"));
         }
+        let body_timeout = file.body_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&body_timeout) {
+            return Err(invalid("body_timeout", "must be between 100ms and 300s"));
+        }
+        let max_connections = file.max_connections.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid("max_connections", "must be between 1 and 1000000"));
+        }
+        let max_connections_per_address = file.max_connections_per_address.unwrap_or(256);
+        if max_connections_per_address > max_connections {
+            return Err(invalid(
+                "max_connections_per_address",
+                "must be at most max_connections (0: no cap per address)",
+            ));
+        }
         let max_batch = file.max_batch.unwrap_or(1000);
         if !(1..=10_000).contains(&max_batch) {
             return Err(invalid("max_batch", "must be between 1 and 10000"));
@@ -487,6 +511,9 @@ impl Settings {
             durability,
             retention,
             body_limit,
+            body_timeout,
+            max_connections,
+            max_connections_per_address,
             max_batch,
             min_client_length,
             limits,

@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{RedisSettings, Settings};
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
+use crate::http::connections::ConnectionCounts;
 use crate::http::{self, AppState};
 use crate::limits::Limiter;
 use crate::store::metered::Metered;
@@ -125,18 +126,26 @@ impl Application {
             source,
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let counts = ConnectionCounts::new(
+            settings.max_connections_per_address,
+            settings.limits.trusted_proxies.clone(),
+        );
         let mut server = HttpServer::new(move || {
             // Each worker has its own handle on the state: a shared one's reference count was
             // written by every worker on every request.
             App::new()
                 .app_data(state.metrics.request_series())
                 .app_data(web::Data::new(AppState::clone(&state)))
+                .wrap(from_fn(http::connections::admit))
                 .wrap(from_fn(http::observe))
                 .configure(http::routes)
-        });
-        if let Some(workers) = settings.workers {
-            server = server.workers(workers);
-        }
+        })
+        .on_connect(move |connection, data| counts.on_connect(connection, data));
+        let workers = settings.workers.unwrap_or_else(default_workers);
+        // actix caps connections per worker; the setting is for the whole instance.
+        server = server
+            .workers(workers)
+            .max_connections(settings.max_connections.div_ceil(workers));
         let server = server
             .listen(listener)
             .map_err(|source| StartError::Bind {

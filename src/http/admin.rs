@@ -26,7 +26,7 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     // blake3's Hash compares in constant time, so the comparison reveals nothing of the token.
     if blake3::hash(given.as_bytes()) == blake3::hash(token.expose_secret().as_bytes()) {
@@ -36,11 +36,31 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme's name is matched without
+/// regard to case, as HTTP says (RFC 9110 section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 /// The query parameters of a GET call, refusing any the call does not know.
 fn query(req: &HttpRequest, known: &[&str]) -> Result<HashMap<String, String>, ApiError> {
-    let params = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid("query", e))?
         .into_inner();
+    let mut params = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        // "The last one wins" would let a proxy and sessiond read different values.
+        if params.contains_key(&name) {
+            return Err(ApiError::invalid(
+                truncate(&name, 64),
+                "is given more than once",
+            ));
+        }
+        params.insert(name, value);
+    }
     if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             truncate(unknown, 64),
@@ -122,9 +142,15 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
         .get(name)
         .map(|raw| {
             OffsetDateTime::parse(raw, &Rfc3339)
+                .ok()
+                // Stats are kept by day from 1970 on; a year past 9999 is no RFC 3339 time.
+                .filter(|t| (1970..=9999).contains(&t.year()))
                 .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                .map_err(|_| {
-                    ApiError::invalid(name, "is an RFC 3339 time like 2026-11-24T09:00:00Z")
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        name,
+                        "is an RFC 3339 time like 2026-11-24T09:00:00Z, in the years 1970 to 9999",
+                    )
                 })
         })
         .transpose()
@@ -179,4 +205,18 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         to: rfc3339(to_hour * HOUR_MS),
         summary: summary?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k"] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value}");
+        }
+        assert_eq!(bearer_token("Basic t0k"), None);
+        assert_eq!(bearer_token("Bearert0k"), None);
+    }
 }

@@ -1,6 +1,8 @@
 //! The JSON body extractor: application/json or text/plain (what sendBeacon and CORS-simple
 //! requests send), bounded by the configured limit, with errors that name the field.
 
+use std::time::Duration;
+
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
@@ -20,9 +22,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
+        let (limit, timeout) = req
             .app_data::<web::Data<AppState>>()
-            .map_or(1024 * 1024, |s| s.settings.body_limit);
+            .map_or((1024 * 1024, Duration::from_secs(10)), |s| {
+                (s.settings.body_limit, s.settings.body_timeout)
+            });
         let media_type = check_media_type(req);
         let declared_length = req
             .headers()
@@ -35,16 +39,25 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if declared_length.is_some_and(|n| n > limit) {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            let mut body = web::BytesMut::with_capacity(declared_length.unwrap_or(0));
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::MalformedJson(format!("the body could not be read: {e}"))
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit });
+            // The body grows as it arrives: a declared length is a claim, and reserving it up
+            // front let slow senders pin memory they never sent. The whole body has one
+            // deadline, so a trickle cannot hold the connection either.
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        ApiError::MalformedJson(format!("the body could not be read: {e}"))
+                    })?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(ApiError::PayloadTooLarge { limit });
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::BodyTimeout(timeout))??;
             decode(&body).map(JsonBody)
         })
     }

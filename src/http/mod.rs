@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod connections;
 pub mod cors;
 pub mod demo;
 pub mod lookup;

@@ -5,10 +5,10 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::limits::{LimitKind, Limited};
-use crate::store::StoreError;
 use std::time::Duration;
 
+use crate::limits::{LimitKind, Limited};
+use crate::store::StoreError;
 use crate::telemetry::{self, LogThrottle};
 
 fn rate_limited_detail(limited: &Limited) -> String {
@@ -43,6 +43,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the whole body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(Duration),
+    #[error("too many connections from this address; retry in {RETRY_AFTER_SECONDS} s")]
+    TooManyConnections,
     #[error("no namespace {0:?} is configured")]
     UnknownNamespace(String),
     #[error("the client has no live session")]
@@ -82,6 +86,8 @@ impl ApiError {
             Self::MalformedJson(_) => ("malformed-json", "The body is not valid JSON"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "The body is too large"),
+            Self::BodyTimeout(_) => ("body-timeout", "The body did not arrive in time"),
+            Self::TooManyConnections => ("too-many-connections", "Too many connections"),
             Self::UnknownNamespace(_) => ("unknown-namespace", "Unknown namespace"),
             Self::NoLiveSession => ("no-live-session", "No live session"),
             Self::SessionNotFound(_) => ("session-not-found", "Session not found"),
@@ -119,6 +125,8 @@ impl ResponseError for ApiError {
             Self::InvalidField { .. } | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Self::UnknownNamespace(_)
             | Self::NoLiveSession
             | Self::SessionNotFound(_)
@@ -139,6 +147,16 @@ impl ResponseError for ApiError {
             Self::StoreUnavailable => {
                 response
                     .insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+            }
+            // The rest of a late body, or the next request of a connection over its
+            // address's cap, is not waited for: the connection closes.
+            Self::BodyTimeout(_) => {
+                response.force_close();
+            }
+            Self::TooManyConnections => {
+                response
+                    .insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)))
+                    .force_close();
             }
             Self::RateLimited(limited) => {
                 response.insert_header((

@@ -336,4 +336,16 @@ async fn every_session_call_answers_each_documented_refusal() {
     app.get("/v1/stats?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z")
         .await
         .problem(400);
+    // A window outside the years stats are kept in is refused, not read as 1970.
+    let early = app
+        .get("/v1/stats?from=1969-12-31T00:00:00Z&to=1970-01-01T01:00:00Z")
+        .await
+        .problem(400);
+    assert_eq!(early["field"], "from");
+    // A repeated parameter is refused: no reader may take another one of them than sessiond.
+    let repeated = app.get("/v1/events?limit=5&limit=1000").await.problem(400);
+    assert_eq!(repeated["field"], "limit");
+    app.get("/v1/stats?namespace=default&namespace=default")
+        .await
+        .problem(400);
 }

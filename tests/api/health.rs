@@ -481,6 +481,16 @@ async fn admin_calls_require_the_admin_token_when_one_is_set(store: Store) {
             .await;
         allowed.expect(200);
         assert!(!allowed.text.contains(token));
+        // The scheme's name is matched in any case, as HTTP says.
+        let lower = format!("bearer {token}");
+        app.request(
+            reqwest::Method::GET,
+            &path,
+            &[("authorization", &lower)],
+            None,
+        )
+        .await
+        .expect(200);
     }
 }
 

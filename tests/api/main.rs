@@ -19,3 +19,4 @@ mod outage;
 mod process;
 mod redis_store;
 mod resharding;
+mod slow_clients;

@@ -257,3 +257,87 @@ fn sigterm_stops_accepting_finishes_the_call_in_flight_and_exits_0() {
     drop(stream);
     assert_eq!(app.exit_code(), Some(0), "a graceful stop exits 0");
 }
+
+/// The resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS is reported");
+    kb * 1024
+}
+
+/// 2,000 connections each declare a body of a megabyte and send a few bytes of it. The body
+/// is read as it arrives, so they pin no memory they did not send; a normal call meanwhile is
+/// answered; and at `body_timeout` every one of them is answered 408 and closed.
+#[test]
+fn two_thousand_slow_bodies_keep_memory_bounded_and_are_closed_at_the_body_timeout() {
+    use std::io::{Read, Write};
+    const SLOW: usize = 2_000;
+    // Both ends hold 2,000 sockets.
+    rlimit::increase_nofile_limit(3 * SLOW as u64).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessiond.toml");
+    std::fs::write(
+        &file,
+        "body_timeout = \"4s\"\nmax_connections_per_address = 0\n",
+    )
+    .unwrap();
+    let mut started = Vec::new();
+    let app = Running::start(&["--config", file.to_str().unwrap()], &[], &mut started);
+    let pid = app.child.id();
+    let address = format!("127.0.0.1:{}", app.port);
+    let before = rss_bytes(pid);
+    let head = "POST /v1/sessions/tick HTTP/1.1\r\nHost: sessiond\r\n\
+                Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"cl";
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        slow.push(stream);
+    }
+    // A normal call, on a connection of its own, while they wait.
+    let sent = std::time::Instant::now();
+    let mut normal = std::net::TcpStream::connect(&address).unwrap();
+    let body = r#"{"client": "slow-bodies-test-01"}"#;
+    let (head_back, _) = exchange(
+        &mut normal,
+        format!(
+            "POST /v1/sessions/tick HTTP/1.1\r\nHost: sessiond\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let normal_took = sent.elapsed();
+    assert!(head_back.starts_with("HTTP/1.1 200"), "{head_back}");
+    // The most memory the process held while the slow bodies were open.
+    let mut peak = rss_bytes(pid);
+    let mut answered = 0;
+    for stream in &mut slow {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        peak = peak.max(rss_bytes(pid));
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(response.contains("application/problem+json"), "{response}");
+        answered += 1;
+    }
+    eprintln!(
+        "{SLOW} slow bodies: RSS {} MB before, {} MB at most; a normal call meanwhile took {normal_took:?}",
+        before / 1_000_000,
+        peak / 1_000_000
+    );
+    assert_eq!(
+        answered, SLOW,
+        "every slow body was answered 408 and closed"
+    );
+    assert!(peak < 150_000_000, "RSS reached {} MB", peak / 1_000_000);
+    app.terminate();
+    assert_eq!(app.exit_code(), Some(0));
+}
