@@ -11,7 +11,7 @@ use sessiond::domain::{ClientHasher, ClientKey};
 use sessiond::store::redis::client_hash_tag;
 
 use crate::concurrency::{ids_and_created, race};
-use crate::helpers::{SECRET, TestApp, new_client, spawn_on_cluster};
+use crate::helpers::{ALONE, SECRET, TestApp, new_client, spawn_on_cluster};
 use crate::redis_cluster::{self, RedisCluster};
 
 /// The hash tag of a client's keys, which names its bucket.
@@ -112,6 +112,7 @@ async fn keep_ticking(
 /// replica is promoted, then are served again by the same sessiond.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_primary_gives_bounded_503s_for_its_clients_only_until_its_replica_takes_over() {
+    let _alone = ALONE.lock().await;
     let cluster = Arc::new(on_cluster(RedisCluster::start).await);
     let app = Arc::new(
         spawn_on_cluster(
@@ -322,6 +323,7 @@ async fn kill_under_new_sessions(cluster: &Arc<RedisCluster>, durability: &str) 
 /// deploy/README.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_killed_under_new_sessions_loses_none_that_waited_for_a_replica() {
+    let _alone = ALONE.lock().await;
     let cluster = Arc::new(on_cluster(RedisCluster::start).await);
     for durability in ["async", "replicated"] {
         let mut seen = kill_under_new_sessions(&cluster, durability).await;

@@ -171,6 +171,11 @@ async fn spawn(toml: &str, sources: Sources, backend: Option<Backend>) -> TestAp
     }
 }
 
+/// Held by the tests that load the whole machine (cluster operations and primary kills under
+/// load) and by the one that measures real time closely (the model test on Redis), so that
+/// none of them runs beside another: on two cores, one's load would skew the other's clock.
+pub static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A fresh client key, so tests sharing a redis-server never meet.
 pub fn new_client() -> String {
     OsRandom.client_key().as_str().to_owned()

@@ -997,6 +997,7 @@ fn the_in_memory_store_agrees_with_the_model() {
 
 #[test]
 fn the_redis_store_agrees_with_the_model_and_the_memory_store() {
+    let _alone = crate::helpers::ALONE.blocking_lock();
     let server = redis_server::shared();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use redis::Value as Reply;
 
 use crate::cluster::tag_of;
-use crate::helpers::{TestApp, new_client, spawn_on_cluster, wait_past};
+use crate::helpers::{ALONE, TestApp, new_client, spawn_on_cluster, wait_past};
 use crate::redis_cluster::{Node, RedisCluster};
 
 const CLIENTS: usize = 200;
@@ -154,6 +154,7 @@ async fn metric(app: &TestApp, name: &str, labels: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resharding_scaling_out_and_scaling_in_keep_every_session_whole() {
+    let _alone = ALONE.lock().await;
     let cluster = Arc::new(
         tokio::task::spawn_blocking(|| RedisCluster::start_with_spares(2))
             .await
@@ -497,6 +498,7 @@ fn finish_migration(cluster: &RedisCluster, from: &Node, to: &Node, slot: i64) {
 /// still starts and ends exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slot_caught_mid_migration_holds_calls_that_write_several_keys_until_it_is_whole() {
+    let _alone = ALONE.lock().await;
     let cluster = Arc::new(
         tokio::task::spawn_blocking(RedisCluster::start)
             .await
