@@ -27,7 +27,7 @@ pub struct EmptyReport;
 
 impl Report {
     /// At most this many errors in one report, so counters never overflow.
-    pub const MAX_ERRORS: u64 = 1_000_000;
+    pub const MAX_ERRORS: u64 = 1_000;
 
     pub fn new(errors: u64, crashed: bool) -> Result<Self, EmptyReport> {
         if errors == 0 && !crashed {

@@ -36,6 +36,11 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// Whether the call carries the configured admin token (never without one configured).
+pub fn is_admin(req: &HttpRequest, state: &AppState) -> bool {
+    state.settings.admin_token.is_some() && authorize(req, state).is_ok()
+}
+
 /// The token of an `Authorization: Bearer TOKEN` value; the scheme's name is matched without
 /// regard to case, as HTTP says (RFC 9110 section 11.1).
 fn bearer_token(value: &str) -> Option<&str> {

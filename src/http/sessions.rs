@@ -98,6 +98,9 @@ struct ParsedCall {
     command: Command,
     minted: Option<ClientKey>,
     on_store_error: OnStoreError,
+    /// A report by session id alone, with the admin token: the caller is not the session's
+    /// owner, so it is not charged to the owner and sees none of its attributes.
+    by_admin: bool,
 }
 
 /// A call whose fields are all valid; its namespace and client are resolved next.
@@ -205,8 +208,8 @@ pub fn validate_call(
 
 impl AppState {
     /// Validates a call (every field, the namespace and the caller's origin) and resolves
-    /// its client. A report that names a session but no client is resolved to the session's
-    /// owner in the store.
+    /// its client. A report that names a session but no client, with the admin token, is
+    /// resolved to the session's owner in the store.
     async fn parse_call(
         &self,
         req: &HttpRequest,
@@ -220,6 +223,7 @@ impl AppState {
             client,
             namespace,
         } = validate_call(op, body, self.settings.min_client_length, prefix)?;
+        let by_admin = client.is_none() && matches!(op, Op::Report { .. });
         let (namespace, client, minted) = match (client, &op) {
             (Some(key), _) => (namespace, self.hasher.hash(&key), None),
             (
@@ -229,6 +233,11 @@ impl AppState {
                     ..
                 },
             ) => {
+                // Only the owner's key or the admin token may report on a session: anyone
+                // else learns nothing, not even whether the id exists.
+                if !super::admin::is_admin(req, self) {
+                    return Err(ApiError::SessionNotFound(id.to_string()));
+                }
                 let (owner_namespace, hash) = self.owner(id).await?;
                 if namespace
                     .as_deref()
@@ -260,6 +269,7 @@ impl AppState {
             },
             minted,
             on_store_error: settings.on_store_error,
+            by_admin,
         })
     }
 
@@ -302,6 +312,10 @@ impl AppState {
 
     /// Admits a validated call past the client's rate limit and its address's new-client cap.
     fn admit(&self, source: Option<IpAddr>, call: &ParsedCall) -> Result<(), ApiError> {
+        // The owner's allowance is the owner's: an admin's report does not spend it.
+        if call.by_admin {
+            return Ok(());
+        }
         let minted = call.minted.is_some();
         self.limiter
             .check_call(source, &call.command.client, minted, self.clock.now_ms())
@@ -323,11 +337,14 @@ impl AppState {
         }
         match outcome? {
             Outcome::Session {
-                session,
+                mut session,
                 created,
                 now,
                 finalized,
             } => {
+                if call.by_admin {
+                    session.attributes = Attributes::default();
+                }
                 let namespace = call.command.namespace.as_str();
                 if let Some(status) = finalized {
                     self.metrics.count_finalized(status, 1);
@@ -452,7 +469,7 @@ pub async fn batch(
         .map(|p| {
             p.map(|call| {
                 commands.push(call.command);
-                (call.minted, call.on_store_error)
+                (call.minted, call.on_store_error, call.by_admin)
             })
         })
         .collect();
@@ -463,7 +480,7 @@ pub async fn batch(
     let results = rest
         .into_iter()
         .map(|p| {
-            let answered = p.and_then(|(minted, on_store_error)| {
+            let answered = p.and_then(|(minted, on_store_error, by_admin)| {
                 // Each call that parsed left its command, in order.
                 let command = commands.next().ok_or_else(short)?;
                 let outcome = outcomes.next().unwrap_or_else(|| Err(short()));
@@ -471,6 +488,7 @@ pub async fn batch(
                     command,
                     minted,
                     on_store_error,
+                    by_admin,
                 };
                 state.answer(source, call, outcome)
             });

@@ -102,7 +102,99 @@ on_every_store!(
     reports_are_batch_operations_too,
     admin_calls_require_the_admin_token_when_one_is_set,
     finalizations_are_counted_by_final_status,
+    only_the_owners_key_or_the_admin_token_reports_on_a_session,
 );
+
+/// CONTRACT 8: a report by session id must carry the key of the client that owns it, or the
+/// admin token. Anyone else gets the 404 of an unknown id, changes nothing, is charged to
+/// their own allowance, and never sees the session.
+async fn only_the_owners_key_or_the_admin_token_reports_on_a_session(store: Store) {
+    let token = "admin-token-0123456789";
+    let app = spawn_app(
+        store,
+        &config(&format!(
+            "admin_token = \"{token}\"\n[limits]\nclient_per_second = 0.01\nclient_burst = 2\n\
+             address_per_second = 0\nnew_clients_per_address_per_minute = 0"
+        )),
+    )
+    .await;
+    let (victim, stranger) = (new_client(), new_client());
+    let tick = json!({"namespace": "app", "client": victim, "attributes": {"user_id": "u-victim"}});
+    let session = app.tick(tick.clone()).await.expect(200);
+    let events_before = all_events_with(&app, token).await;
+    let attacks = [
+        json!({"session_id": id(&session), "crashed": true}),
+        json!({"namespace": "app", "session_id": id(&session), "errors": 1000}),
+        json!({"namespace": "app", "client": stranger, "session_id": id(&session), "errors": 5}),
+    ];
+    for attack in &attacks {
+        // The same call naming an id no session has: the answers must not tell them apart.
+        let mut twin = attack.clone();
+        twin["session_id"] = json!("00000000000000000000");
+        let unknown = app.post("/v1/sessions/report", twin).await.problem(404);
+        let refused = app
+            .post("/v1/sessions/report", attack.clone())
+            .await
+            .problem(404);
+        assert_eq!(refused["type"], unknown["type"], "{attack}");
+        assert_eq!(refused["title"], unknown["title"], "{attack}");
+        assert!(!refused.to_string().contains("u-victim"));
+        let batch = app
+            .batch(json!([{
+                "op": "report",
+                "session_id": id(&session),
+                "crashed": true
+            }]))
+            .await
+            .expect(200);
+        assert_eq!(batch["results"][0]["status"], 404, "{batch}");
+    }
+    assert_eq!(
+        all_events_with(&app, token).await,
+        events_before,
+        "nothing was written"
+    );
+    // The stranger's reports were not charged to the victim, whose next call is served and
+    // finds its session as it was.
+    let again = app.tick(tick).await.expect(200);
+    assert_eq!(again["session_id"], session["session_id"]);
+    assert_eq!(again["status"], "ok");
+    assert_eq!(again["errors"], 0);
+    // A report over the bound of one report is refused whole.
+    let over = json!({"namespace": "app", "client": victim, "errors": 1001});
+    assert_eq!(
+        app.post("/v1/sessions/report", over).await.problem(400)["field"],
+        "errors"
+    );
+    // The admin token may report by id alone; the answer shows none of the owner's attributes.
+    let bearer = format!("Bearer {token}");
+    let by_admin = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/sessions/report",
+            &[("authorization", &bearer)],
+            Some(json!({"session_id": id(&session), "crashed": true})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(by_admin["status"], "crashed");
+    assert_eq!(by_admin["attributes"], json!({}), "{by_admin}");
+}
+
+/// Every event, read with the admin token.
+async fn all_events_with(app: &TestApp, token: &str) -> Vec<Value> {
+    let bearer = format!("Bearer {token}");
+    let page = app
+        .request(
+            reqwest::Method::GET,
+            "/v1/events?limit=1000",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await
+        .expect(200);
+    page["events"].as_array().unwrap().clone()
+}
 
 /// `sessiond_sessions_finalized_total{status}` counts each finalization once, whoever makes it:
 /// an end, or the sweeper.
@@ -202,7 +294,7 @@ async fn a_scripted_day_gives_exact_stats_and_events(store: Store) {
     app.end(json!({"namespace": "app", "client": c(5), "status": "abnormal"}))
         .await
         .expect(200);
-    // 6 exits; its crash report arrives afterwards, naming the session only.
+    // 6 exits; its crash report arrives afterwards (on the next launch), naming the session.
     let s6 = app.tick(call(c(6), Some("u6"))).await.expect(200);
     app.end(json!({"namespace": "app", "client": c(6)}))
         .await
@@ -210,7 +302,7 @@ async fn a_scripted_day_gives_exact_stats_and_events(store: Store) {
     let amended = app
         .post(
             "/v1/sessions/report",
-            json!({"session_id": id(&s6), "crashed": true}),
+            json!({"namespace": "app", "client": c(6), "session_id": id(&s6), "crashed": true}),
         )
         .await
         .expect(200);
@@ -361,7 +453,7 @@ async fn a_report_for_an_unknown_or_expired_session_is_404_and_changes_nothing(s
     let stats_before = stats_of(&app, &release).await;
     let cases = [
         (
-            json!({"session_id": id(&first), "crashed": true}),
+            json!({"namespace": "app", "client": client, "session_id": id(&first), "crashed": true}),
             "session-not-found",
         ),
         (
@@ -431,7 +523,7 @@ async fn reports_are_batch_operations_too(store: Store) {
     let answer = app
         .batch(json!([
             {"op": "report", "namespace": "app", "client": client, "errors": 3},
-            {"op": "report", "session_id": id(&first), "crashed": true},
+            {"op": "report", "namespace": "app", "client": client, "session_id": id(&first), "crashed": true},
             {"op": "report", "session_id": "00000000000000000000", "errors": 1},
         ]))
         .await
