@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -100,6 +101,9 @@ impl Limited {
 #[derive(Default)]
 struct AddressMinute {
     new_clients: u32,
+    /// Calls admitted for clients that may be new, not settled yet: they count against the
+    /// cap until the store has said whether they created their client.
+    reserved: u32,
     seen: HashSet<u128, foldhash::fast::RandomState>,
 }
 
@@ -116,6 +120,43 @@ pub struct Limiter {
     address: Option<(DefaultKeyedRateLimiter<IpAddr>, Rate)>,
     new_clients_cap: Option<NonZeroU32>,
     minute: Mutex<Minute>,
+}
+
+/// A call's place under its address's new-client cap, taken at admission. Settle it with
+/// what the store did; dropped unsettled (the call failed, or was abandoned), the place is
+/// given back.
+pub struct NewClientPlace {
+    limiter: Arc<Limiter>,
+    address: IpAddr,
+    client: u128,
+    minute: i64,
+    /// Set once settled, so the drop does not settle it again.
+    settled: bool,
+}
+
+impl std::fmt::Debug for NewClientPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewClientPlace")
+            .field("address", &self.address)
+            .field("minute", &self.minute)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewClientPlace {
+    /// Keeps the place if the call created its client, else gives it back.
+    pub fn settle(mut self, created: bool) {
+        self.limiter.settle(&self, created);
+        self.settled = true;
+    }
+}
+
+impl Drop for NewClientPlace {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limiter.settle(self, false);
+        }
+    }
 }
 
 /// A client hash as a number: the limiters key on it without copying the hash's text.
@@ -166,14 +207,17 @@ impl Limiter {
     }
 
     /// Takes one call from the client's allowance, and admits the client against its address's
-    /// new-client cap. `minted` clients are new by definition.
+    /// new-client cap. A client that may be new (`minted` ones are) takes a place under the
+    /// cap at once, atomically with the check, so concurrent calls and a batch's operations
+    /// can never admit more new clients than the cap; the place is kept or given back when
+    /// the returned [`NewClientPlace`] is settled or dropped.
     pub fn check_call(
-        &self,
+        self: &Arc<Self>,
         address: Option<IpAddr>,
         client: &ClientHash,
         minted: bool,
         now_ms: i64,
-    ) -> Result<(), Limited> {
+    ) -> Result<Option<NewClientPlace>, Limited> {
         if let Some((limiter, _)) = &self.client
             && let Err(not_until) = limiter.check_key(&key(client))
         {
@@ -183,16 +227,24 @@ impl Limiter {
             });
         }
         let (Some(cap), Some(address)) = (self.new_clients_cap, address) else {
-            return Ok(());
+            return Ok(None);
         };
+        let client = key(client);
+        let minute_number = now_ms.div_euclid(60_000);
         let mut minute = self.minute_at(now_ms);
         let entry = minute.addresses.entry(address).or_default();
-        let client = key(client);
-        if entry.new_clients < cap.get() || (!minted && entry.seen.contains(&client)) {
-            if !minted && entry.seen.len() < (cap.get() * SEEN_PER_CAP) as usize {
-                entry.seen.insert(client);
-            }
-            return Ok(());
+        if !minted && entry.seen.contains(&client) {
+            return Ok(None);
+        }
+        if entry.new_clients + entry.reserved < cap.get() {
+            entry.reserved += 1;
+            return Ok(Some(NewClientPlace {
+                limiter: self.clone(),
+                address,
+                client,
+                minute: minute_number,
+                settled: false,
+            }));
         }
         Err(Limited {
             kind: LimitKind::NewClients,
@@ -200,15 +252,25 @@ impl Limiter {
         })
     }
 
-    /// Counts a client the store has just created for this address.
-    pub fn count_new_client(&self, address: Option<IpAddr>, client: &ClientHash, now_ms: i64) {
-        let (Some(_), Some(address)) = (self.new_clients_cap, address) else {
+    /// Ends a place's reservation: counted as a new client if the call created one, and the
+    /// client remembered as one this address brought (unless the table is full).
+    fn settle(&self, place: &NewClientPlace, created: bool) {
+        let mut minute = self.minute.lock();
+        if minute.number != place.minute {
             return;
-        };
-        let mut minute = self.minute_at(now_ms);
-        let entry = minute.addresses.entry(address).or_default();
-        entry.new_clients = entry.new_clients.saturating_add(1);
-        entry.seen.insert(key(client));
+        }
+        let seen_max = self
+            .new_clients_cap
+            .map_or(0, |cap| (cap.get() * SEEN_PER_CAP) as usize);
+        if let Some(entry) = minute.addresses.get_mut(&place.address) {
+            entry.reserved = entry.reserved.saturating_sub(1);
+            if created {
+                entry.new_clients = entry.new_clients.saturating_add(1);
+            }
+            if created || entry.seen.len() < seen_max {
+                entry.seen.insert(place.client);
+            }
+        }
     }
 
     /// The current minute's table, emptied when the minute has turned.
@@ -255,10 +317,10 @@ mod tests {
 
     #[test]
     fn a_client_over_its_burst_waits_and_others_do_not() {
-        let limiter = Limiter::new(&LimitSettings {
+        let limiter = Arc::new(Limiter::new(&LimitSettings {
             client: rate(1.0, 3),
             ..LimitSettings::off()
-        });
+        }));
         for _ in 0..3 {
             limiter.check_call(HOME, &client("a"), false, 0).unwrap();
         }
@@ -274,10 +336,10 @@ mod tests {
 
     #[test]
     fn an_address_pays_for_each_operation_of_a_batch() {
-        let limiter = Limiter::new(&LimitSettings {
+        let limiter = Arc::new(Limiter::new(&LimitSettings {
             address: rate(1.0, 10),
             ..LimitSettings::off()
-        });
+        }));
         limiter.check_address(HOME, 8).unwrap();
         assert_eq!(
             limiter.check_address(HOME, 3).unwrap_err().kind,
@@ -289,14 +351,14 @@ mod tests {
 
     #[test]
     fn an_address_over_its_new_clients_keeps_its_known_clients_until_the_minute_turns() {
-        let limiter = Limiter::new(&LimitSettings {
+        let limiter = Arc::new(Limiter::new(&LimitSettings {
             new_clients_per_minute: NonZeroU32::new(2),
             ..LimitSettings::off()
-        });
+        }));
         let now = 120_000;
         for name in ["a", "b"] {
-            limiter.check_call(HOME, &client(name), false, now).unwrap();
-            limiter.count_new_client(HOME, &client(name), now);
+            let place = limiter.check_call(HOME, &client(name), false, now).unwrap();
+            place.expect("a client not seen may be new").settle(true);
         }
         let refused = limiter
             .check_call(HOME, &client("c"), false, now + 1_000)
@@ -314,5 +376,31 @@ mod tests {
         limiter
             .check_call(HOME, &client("c"), false, now + 60_000)
             .unwrap();
+    }
+
+    #[test]
+    fn places_under_the_cap_are_taken_at_admission_and_given_back_unless_a_client_was_created() {
+        let limiter = Arc::new(Limiter::new(&LimitSettings {
+            new_clients_per_minute: NonZeroU32::new(2),
+            ..LimitSettings::off()
+        }));
+        let now = 180_000;
+        // Two calls in flight hold both places: a third is refused before either is settled.
+        let first = limiter.check_call(HOME, &client("p"), true, now).unwrap();
+        let second = limiter.check_call(HOME, &client("q"), false, now).unwrap();
+        let refused = limiter
+            .check_call(HOME, &client("r"), false, now)
+            .unwrap_err();
+        assert_eq!(refused.kind, LimitKind::NewClients);
+        // The second client existed already: its place comes back, and it is known now.
+        second.unwrap().settle(false);
+        limiter.check_call(HOME, &client("q"), false, now).unwrap();
+        let third = limiter.check_call(HOME, &client("r"), false, now).unwrap();
+        // A call that fails or is abandoned gives its place back too.
+        drop(third);
+        first.unwrap().settle(true);
+        let last = limiter.check_call(HOME, &client("s"), false, now).unwrap();
+        last.unwrap().settle(true);
+        assert!(limiter.check_call(HOME, &client("t"), false, now).is_err());
     }
 }

@@ -18,6 +18,7 @@ use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{
     Attributes, ClientHash, ClientKey, EndStatus, Namespace, Op, Reason, Report, SessionId,
 };
+use crate::limits::NewClientPlace;
 use crate::store::{Command, Outcome, StoreError};
 
 /// The calls that decide a session.
@@ -101,6 +102,8 @@ struct ParsedCall {
     /// A report by session id alone, with the admin token: the caller is not the session's
     /// owner, so it is not charged to the owner and sees none of its attributes.
     by_admin: bool,
+    /// The call's place under its address's new-client cap, when its client may be new.
+    place: Option<NewClientPlace>,
 }
 
 /// A call whose fields are all valid; its namespace and client are resolved next.
@@ -270,6 +273,7 @@ impl AppState {
             minted,
             on_store_error: settings.on_store_error,
             by_admin,
+            place: None,
         })
     }
 
@@ -310,22 +314,24 @@ impl AppState {
         }
     }
 
-    /// Admits a validated call past the client's rate limit and its address's new-client cap.
-    fn admit(&self, source: Option<IpAddr>, call: &ParsedCall) -> Result<(), ApiError> {
+    /// Admits a validated call past the client's rate limit and its address's new-client cap,
+    /// taking its place under the cap.
+    fn admit(&self, source: Option<IpAddr>, call: &mut ParsedCall) -> Result<(), ApiError> {
         // The owner's allowance is the owner's: an admin's report does not spend it.
         if call.by_admin {
             return Ok(());
         }
         let minted = call.minted.is_some();
-        self.limiter
+        call.place = self
+            .limiter
             .check_call(source, &call.command.client, minted, self.clock.now_ms())
-            .map_err(|limited| self.refuse(limited))
+            .map_err(|limited| self.refuse(limited))?;
+        Ok(())
     }
 
     /// Turns a store's answer into the response body.
     fn answer(
         &self,
-        source: Option<IpAddr>,
         call: ParsedCall,
         outcome: Result<Outcome, StoreError>,
     ) -> Result<SessionBody, ApiError> {
@@ -351,11 +357,9 @@ impl AppState {
                 }
                 if created {
                     self.metrics.count_created(namespace, session.reason);
-                    if session.reason == Reason::NewClient {
-                        let now = self.clock.now_ms();
-                        self.limiter
-                            .count_new_client(source, &call.command.client, now);
-                    }
+                }
+                if let Some(place) = call.place {
+                    place.settle(created && session.reason == Reason::NewClient);
                 }
                 Ok(SessionBody {
                     record: SessionRecord::at(
@@ -396,10 +400,10 @@ pub async fn call(
     }
     let source = source_address(&req, &state.settings.limits);
     (state.limiter.check_address(source, 1)).map_err(|limited| state.refuse(limited))?;
-    let parsed = state.parse_call(&req, op, body, "").await?;
-    state.admit(source, &parsed)?;
+    let mut parsed = state.parse_call(&req, op, body, "").await?;
+    state.admit(source, &mut parsed)?;
     let outcome = state.store.execute(&parsed.command).await;
-    let body = state.answer(source, parsed, outcome)?;
+    let body = state.answer(parsed, outcome)?;
     views::json(&body, 512)
 }
 
@@ -450,7 +454,7 @@ pub async fn batch(
         let call = match decode_operation::<CallBody>(value, place) {
             Ok(body) => match body.op {
                 Some(op) => match state.parse_call(&req, op, body, &prefix).await {
-                    Ok(call) => state.admit(source, &call).map(|()| call),
+                    Ok(mut call) => state.admit(source, &mut call).map(|()| call),
                     Err(e) => Err(e),
                 },
                 None => Err(ApiError::invalid(
@@ -469,7 +473,7 @@ pub async fn batch(
         .map(|p| {
             p.map(|call| {
                 commands.push(call.command);
-                (call.minted, call.on_store_error, call.by_admin)
+                (call.minted, call.on_store_error, call.by_admin, call.place)
             })
         })
         .collect();
@@ -480,7 +484,7 @@ pub async fn batch(
     let results = rest
         .into_iter()
         .map(|p| {
-            let answered = p.and_then(|(minted, on_store_error, by_admin)| {
+            let answered = p.and_then(|(minted, on_store_error, by_admin, place)| {
                 // Each call that parsed left its command, in order.
                 let command = commands.next().ok_or_else(short)?;
                 let outcome = outcomes.next().unwrap_or_else(|| Err(short()));
@@ -489,8 +493,9 @@ pub async fn batch(
                     minted,
                     on_store_error,
                     by_admin,
+                    place,
                 };
-                state.answer(source, call, outcome)
+                state.answer(call, outcome)
             });
             match answered {
                 Ok(session) => BatchResult::Session(Box::new(session)),

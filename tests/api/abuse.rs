@@ -16,7 +16,56 @@ on_every_store!(
     a_client_over_its_rate_waits_and_other_clients_do_not,
     an_address_is_the_proxys_word_only_when_the_proxy_is_trusted,
     an_address_creating_too_many_clients_keeps_the_ones_it_has,
+    no_batch_and_no_crowd_of_calls_creates_more_new_clients_than_the_cap,
 );
+
+/// The new-client cap is taken at admission, atomically: a batch counts each of its new
+/// clients, and concurrent single calls cannot all pass the check before any is counted.
+async fn no_batch_and_no_crowd_of_calls_creates_more_new_clients_than_the_cap(store: Store) {
+    let clock = Arc::new(ManualClock::starting_at(1_795_000_020_000));
+    let sources = Sources {
+        ids: Arc::new(OsRandom),
+        clock: clock.clone(),
+    };
+    let config = "[limits]\nclient_per_second = 0\naddress_per_second = 0\n\
+                  new_clients_per_address_per_minute = 20\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    let app = spawn_app_with(store, config, sources).await;
+    let operations: Vec<Value> = (0..100)
+        .map(|_| json!({"op": "tick", "client": new_client()}))
+        .collect();
+    let answer = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/sessions/batch",
+            &[("x-forwarded-for", "198.51.100.1")],
+            Some(json!({ "operations": operations })),
+        )
+        .await
+        .expect(200);
+    let results = answer["results"].as_array().unwrap();
+    let created = results.iter().filter(|r| r["created"] == true).count();
+    let refused = results.iter().filter(|r| r["status"] == 429).count();
+    assert_eq!(
+        (created, refused),
+        (20, 80),
+        "a batch creates at most the cap"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|r| r["status"] == 429)
+            .all(|r| r["type"] == "urn:sessiond:problem:rate-limited")
+    );
+
+    let crowd = (0..200).map(|_| tick_from(&app, "198.51.100.2", json!({"client": new_client()})));
+    let answers = futures_util::future::join_all(crowd).await;
+    let created = answers.iter().filter(|a| a.status == 200).count();
+    for refused in answers.iter().filter(|a| a.status != 200) {
+        assert_limited(refused, "new_clients");
+    }
+    assert_eq!(created, 20, "200 concurrent new clients, 20 admitted");
+    assert_eq!(metric(&app, "new_clients").await, "260");
+}
 
 #[tokio::test]
 async fn every_session_call_refuses_a_body_over_the_limit_and_a_caller_over_its_rate() {
