@@ -38,9 +38,14 @@ def millis(text):
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
+# The events are an admin call, off without a token.
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+
+
 def call(base, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"}
+    req = urllib.request.Request(base + path, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as answer:
         return json.load(answer)
 
@@ -59,7 +64,8 @@ def main():
     bases, procs = [], []
     try:
         time.sleep(0.3)
-        env = dict(os.environ, SESSIOND_SECRET="bench-secret-0123456789", SESSIOND_LOG="warn")
+        env = dict(os.environ, SESSIOND_SECRET="bench-secret-0123456789", SESSIOND_LOG="warn",
+                   SESSIOND_ADMIN_TOKEN=ADMIN_TOKEN)
         for _ in range(INSTANCES):
             port = free_port()
             procs.append(subprocess.Popen(

@@ -23,12 +23,15 @@ redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no 
 pids+=("$!")
 for _ in $(seq 1 100); do [ -S "$work/redis.sock" ] && break; sleep 0.05; done
 
+# The smoke script reads events and stats, admin calls that are off without a token.
+export SESSIOND_ADMIN_TOKEN="smoke-admin-token-0123456789"
 start_sessiond memory "$binary"
 SESSIOND_SECRET=smoke-secret-0123456789 start_sessiond redis "$binary" --redis-url "redis+unix://$work/redis.sock"
 memory_port="$(port_of memory)"
 redis_port="$(port_of redis)"
 
 for port in "$memory_port" "$redis_port"; do
-  "$k6" run --quiet --no-usage-report -e BASE_URL="http://127.0.0.1:$port" deploy/k6/smoke.js
+  "$k6" run --quiet --no-usage-report -e BASE_URL="http://127.0.0.1:$port" \
+    -e ADMIN_TOKEN="$SESSIOND_ADMIN_TOKEN" deploy/k6/smoke.js
 done
 echo "k6 smoke passed on the in-memory store and on Redis"

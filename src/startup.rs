@@ -153,6 +153,11 @@ impl Application {
                 source,
             })?
             .run();
+        if settings.admin_token.is_none() {
+            tracing::info!(
+                "no admin token is configured: the admin calls (lookup by id, /v1/events, /v1/stats) are off"
+            );
+        }
         tracing::info!(port, store = store.kind(), "sessiond is listening");
         Ok(Self {
             port,

@@ -17,10 +17,11 @@ use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::stats::{HOUR_MS, StatsQuery, StatsSummary};
 use crate::domain::{Attributes, EventId, Namespace};
 
-/// Lookup, events and stats require the admin token when one is configured.
+/// Lookup, events and stats require the admin token, and are off (404, as an unknown route)
+/// when none is configured: a fresh deployment never serves one client's data to another.
 pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.settings.admin_token else {
-        return Ok(());
+        return Err(ApiError::RouteNotFound(truncate(req.path(), 100)));
     };
     let given = req
         .headers()
@@ -38,7 +39,7 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
 
 /// Whether the call carries the configured admin token (never without one configured).
 pub fn is_admin(req: &HttpRequest, state: &AppState) -> bool {
-    state.settings.admin_token.is_some() && authorize(req, state).is_ok()
+    authorize(req, state).is_ok()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value; the scheme's name is matched without

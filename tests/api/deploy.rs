@@ -169,6 +169,24 @@ fn the_compose_file_and_the_dockerfile_agree_with_the_binary() {
         for name in env.keys() {
             assert!(variables.contains(name), "sessiond reads no {name}");
         }
+        // The admin calls are off without a token: compose reads one from a secret.
+        let secrets: Vec<&str> = instance["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for (variable, secret) in [
+            ("SESSIOND_SECRET_FILE", "sessiond_secret"),
+            ("SESSIOND_ADMIN_TOKEN_FILE", "sessiond_admin_token"),
+        ] {
+            assert_eq!(env[variable], format!("/run/secrets/{secret}"));
+            assert!(secrets.contains(&secret), "{secret} is mounted");
+            assert!(
+                compose["secrets"][secret]["file"].is_string(),
+                "{secret} is declared"
+            );
+        }
         let listen = env["SESSIOND_LISTEN"].as_str().unwrap();
         let nginx = deploy("compose/nginx.conf");
         assert!(nginx.contains(&format!("sessiond-1:{}", port_of(listen))));

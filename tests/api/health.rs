@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app, spawn_on_redis,
-    wait_past, wait_until,
+    SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app,
+    spawn_app_without_admin_token, spawn_on_redis, wait_past, wait_until,
 };
 use crate::on_every_store;
 use crate::redis_server;
@@ -103,7 +103,44 @@ on_every_store!(
     admin_calls_require_the_admin_token_when_one_is_set,
     finalizations_are_counted_by_final_status,
     only_the_owners_key_or_the_admin_token_reports_on_a_session,
+    admin_calls_are_off_without_an_admin_token,
 );
+
+/// CONTRACT 8: without a configured admin token, lookup, events and stats are off: 404 as an
+/// unknown route, whatever the caller sends, so a fresh deployment serves no one's data.
+async fn admin_calls_are_off_without_an_admin_token(store: Store) {
+    let app = spawn_app_without_admin_token(store, &config("")).await;
+    let session = app
+        .tick(json!({"namespace": "app", "client": new_client(), "attributes": {"user_id": "u-1"}}))
+        .await
+        .expect(200);
+    for path in [
+        format!("/v1/sessions/{}", id(&session)),
+        "/v1/events".to_owned(),
+        "/v1/stats?namespace=app".to_owned(),
+    ] {
+        for auth in [None, Some("Bearer anything-at-all-0123")] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            let off = app
+                .request(reqwest::Method::GET, &path, &headers, None)
+                .await;
+            assert_eq!(
+                off.problem(404)["type"],
+                "urn:sessiond:problem:not-found",
+                "{path}"
+            );
+            assert!(!off.text.contains("u-1"));
+        }
+    }
+    // A report by session id alone has no admin to come from either.
+    app.post(
+        "/v1/sessions/report",
+        json!({"session_id": id(&session), "crashed": true}),
+    )
+    .await
+    .problem(404);
+}
 
 /// CONTRACT 8: a report by session id must carry the key of the client that owns it, or the
 /// admin token. Anyone else gets the 404 of an unknown id, changes nothing, is charged to

@@ -34,6 +34,10 @@ pub enum Backend {
 
 pub const SECRET: &str = "test-secret-0123456789";
 
+/// The admin token of every app whose configuration names none (the admin calls are off
+/// without one); `TestApp` sends it on admin calls that carry no Authorization of their own.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// The paths under /v1/sessions/ of the calls that take a session body.
 pub const SESSION_CALLS: [&str; 7] = [
     "current",
@@ -49,6 +53,8 @@ pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
     pub backend: Option<Backend>,
+    /// The token sent on admin calls, when the harness gave the app one.
+    admin_token: Option<&'static str>,
 }
 
 pub struct TestResponse {
@@ -129,7 +135,12 @@ pub async fn spawn_app(store: Store, toml: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(store: Store, toml: &str, sources: Sources) -> TestApp {
-    let backend = match store {
+    spawn(toml, sources, backend(store).await).await
+}
+
+/// The harness's Redis for a store, none in memory.
+async fn backend(store: Store) -> Option<Backend> {
+    match store {
         Store::Memory => None,
         Store::Redis => Some(Backend::Redis(redis_server::shared())),
         Store::Cluster => Some(Backend::Cluster(
@@ -137,8 +148,7 @@ pub async fn spawn_app_with(store: Store, toml: &str, sources: Sources) -> TestA
                 .await
                 .expect("the shared cluster starts"),
         )),
-    };
-    spawn(toml, sources, backend).await
+    }
 }
 
 /// An app on a given redis-server (several instances may share one).
@@ -151,12 +161,32 @@ pub async fn spawn_on_cluster(toml: &str, cluster: Arc<RedisCluster>) -> TestApp
     spawn(toml, Sources::default(), Some(Backend::Cluster(cluster))).await
 }
 
+/// An app without an admin token, so with the admin calls off.
+pub async fn spawn_app_without_admin_token(store: Store, toml: &str) -> TestApp {
+    spawn_with_admin(toml, Sources::default(), backend(store).await, false).await
+}
+
 async fn spawn(toml: &str, sources: Sources, backend: Option<Backend>) -> TestApp {
+    spawn_with_admin(toml, sources, backend, true).await
+}
+
+/// `admin`: give the app the harness's admin token when its configuration names none.
+async fn spawn_with_admin(
+    toml: &str,
+    sources: Sources,
+    backend: Option<Backend>,
+    admin: bool,
+) -> TestApp {
     // The service's own logs, when asked for (SESSIOND_LOG=warn cargo test ... -- --nocapture).
     if std::env::var_os("SESSIOND_LOG").is_some() {
         sessiond::telemetry::init_logging(sessiond::config::LogFormat::Text);
     }
-    let app = Application::build_with(settings(toml, backend.as_ref()), sources)
+    let mut settings = settings(toml, backend.as_ref());
+    let admin_token = (admin && !toml.contains("admin_token")).then_some(ADMIN_TOKEN);
+    if let Some(token) = admin_token {
+        settings.admin_token = Some(token.into());
+    }
+    let app = Application::build_with(settings, sources)
         .await
         .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -165,9 +195,13 @@ async fn spawn(toml: &str, sources: Sources, backend: Option<Backend>) -> TestAp
         address,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            // Below the server's keep-alive (5 s), so a pooled connection is never reused just
+            // as the server closes it (a request lost to that race fails as incomplete).
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .unwrap(),
         backend,
+        admin_token,
     }
 }
 
@@ -249,6 +283,17 @@ impl TestApp {
             .request(method.clone(), format!("{}{path}", self.address));
         for (name, value) in headers {
             request = request.header(*name, *value);
+        }
+        let admin_call = method == reqwest::Method::GET
+            && (path.starts_with("/v1/events")
+                || path.starts_with("/v1/stats")
+                || path.starts_with("/v1/sessions/"));
+        if let Some(token) = self.admin_token.filter(|_| admin_call)
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        {
+            request = request.bearer_auth(token);
         }
         if let Some(body) = &body {
             request = request.json(body);

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use redis::AsyncCommands;
 use redis::Value as Reply;
+use redis::aio::ConnectionManagerConfig;
+use sessiond::store::cluster::ClusterRouter;
 
 use crate::cluster::tag_of;
 use crate::helpers::{ALONE, TestApp, new_client, spawn_on_cluster, wait_past};
@@ -535,6 +538,17 @@ async fn a_slot_caught_mid_migration_holds_calls_that_write_several_keys_until_i
         seconds.push(second);
     }
 
+    // A router of its own that learns the slot map now, before the slot moves, for the
+    // pipeline and the transaction below.
+    let mut router = ClusterRouter::new(
+        &cluster.urls(),
+        ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(2))),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let moved_key = format!("t:{tag}:k");
+    let _: () = router.set(&moved_key, "before").await.unwrap();
+
     let (from, to, slot) = on_cluster(&cluster, move |c| {
         let from = c.primary_for(&tag).port;
         let to = c
@@ -595,6 +609,24 @@ async fn a_slot_caught_mid_migration_holds_calls_that_write_several_keys_until_i
     .await;
     end.await.unwrap().expect(200);
     let batch = batch.await.unwrap().expect(200);
+    // The router still maps the slot to its old owner: a pipeline's commands and a
+    // transaction each follow the MOVED they get there.
+    let (read, other): (String, Option<String>) = redis::pipe()
+        .get(&moved_key)
+        .get("t:{elsewhere}:k")
+        .query_async(&mut router)
+        .await
+        .unwrap();
+    assert_eq!((read.as_str(), other), ("before", None));
+    let (written,): (String,) = redis::pipe()
+        .atomic()
+        .set(&moved_key, "after")
+        .ignore()
+        .get(&moved_key)
+        .query_async(&mut router)
+        .await
+        .unwrap();
+    assert_eq!(written, "after");
     assert_eq!(
         batch["results"][0]["session_id"], seconds[1]["session_id"],
         "{batch}"
