@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app,
+    ADMIN_TOKEN, SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app,
     spawn_app_without_admin_token, spawn_on_redis, wait_past, wait_until,
 };
 use crate::on_every_store;
@@ -20,6 +20,15 @@ fn config(extra: &str) -> String {
         "key_prefix = \"h{}\"\nsweep_interval = \"100ms\"\n{extra}\n[namespaces.app]\nidle_timeout = \"1s\"\n",
         &new_client()[..12]
     )
+}
+
+/// The admin calls, one path each, for a session the app answered.
+fn admin_paths(session: &Value) -> [String; 3] {
+    [
+        format!("/v1/sessions/{}", id(session)),
+        "/v1/events".to_owned(),
+        "/v1/stats?namespace=app".to_owned(),
+    ]
 }
 
 /// Every event the app's log holds, page by page.
@@ -114,11 +123,7 @@ async fn admin_calls_are_off_without_an_admin_token(store: Store) {
         .tick(json!({"namespace": "app", "client": new_client(), "attributes": {"user_id": "u-1"}}))
         .await
         .expect(200);
-    for path in [
-        format!("/v1/sessions/{}", id(&session)),
-        "/v1/events".to_owned(),
-        "/v1/stats?namespace=app".to_owned(),
-    ] {
+    for path in admin_paths(&session) {
         for auth in [None, Some("Bearer anything-at-all-0123")] {
             let headers: Vec<(&str, &str)> =
                 auth.map(|a| ("authorization", a)).into_iter().collect();
@@ -146,19 +151,19 @@ async fn admin_calls_are_off_without_an_admin_token(store: Store) {
 /// admin token. Anyone else gets the 404 of an unknown id, changes nothing, is charged to
 /// their own allowance, and never sees the session.
 async fn only_the_owners_key_or_the_admin_token_reports_on_a_session(store: Store) {
-    let token = "admin-token-0123456789";
+    // The harness's admin token (helpers::ADMIN_TOKEN) is configured, since this names none.
     let app = spawn_app(
         store,
-        &config(&format!(
-            "admin_token = \"{token}\"\n[limits]\nclient_per_second = 0.01\nclient_burst = 2\n\
-             address_per_second = 0\nnew_clients_per_address_per_minute = 0"
-        )),
+        &config(
+            "[limits]\nclient_per_second = 0.01\nclient_burst = 2\n\
+             address_per_second = 0\nnew_clients_per_address_per_minute = 0",
+        ),
     )
     .await;
     let (victim, stranger) = (new_client(), new_client());
     let tick = json!({"namespace": "app", "client": victim, "attributes": {"user_id": "u-victim"}});
     let session = app.tick(tick.clone()).await.expect(200);
-    let events_before = all_events_with(&app, token).await;
+    let events_before = all_events(&app).await;
     let attacks = [
         json!({"session_id": id(&session), "crashed": true}),
         json!({"namespace": "app", "session_id": id(&session), "errors": 1000}),
@@ -186,11 +191,7 @@ async fn only_the_owners_key_or_the_admin_token_reports_on_a_session(store: Stor
             .expect(200);
         assert_eq!(batch["results"][0]["status"], 404, "{batch}");
     }
-    assert_eq!(
-        all_events_with(&app, token).await,
-        events_before,
-        "nothing was written"
-    );
+    assert_eq!(all_events(&app).await, events_before, "nothing was written");
     // The stranger's reports were not charged to the victim, whose next call is served and
     // finds its session as it was.
     let again = app.tick(tick).await.expect(200);
@@ -204,7 +205,7 @@ async fn only_the_owners_key_or_the_admin_token_reports_on_a_session(store: Stor
         "errors"
     );
     // The admin token may report by id alone; the answer shows none of the owner's attributes.
-    let bearer = format!("Bearer {token}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
     let by_admin = app
         .request(
             reqwest::Method::POST,
@@ -216,21 +217,6 @@ async fn only_the_owners_key_or_the_admin_token_reports_on_a_session(store: Stor
         .expect(200);
     assert_eq!(by_admin["status"], "crashed");
     assert_eq!(by_admin["attributes"], json!({}), "{by_admin}");
-}
-
-/// Every event, read with the admin token.
-async fn all_events_with(app: &TestApp, token: &str) -> Vec<Value> {
-    let bearer = format!("Bearer {token}");
-    let page = app
-        .request(
-            reqwest::Method::GET,
-            "/v1/events?limit=1000",
-            &[("authorization", &bearer)],
-            None,
-        )
-        .await
-        .expect(200);
-    page["events"].as_array().unwrap().clone()
 }
 
 /// `sessiond_sessions_finalized_total{status}` counts each finalization once, whoever makes it:
@@ -579,11 +565,7 @@ async fn admin_calls_require_the_admin_token_when_one_is_set(store: Store) {
         .tick(json!({"namespace": "app", "client": new_client()}))
         .await
         .expect(200);
-    for path in [
-        format!("/v1/sessions/{}", id(&session)),
-        "/v1/events".to_owned(),
-        "/v1/stats?namespace=app".to_owned(),
-    ] {
+    for path in admin_paths(&session) {
         let refused = app.get(&path).await;
         assert_eq!(
             refused.problem(401)["type"],
