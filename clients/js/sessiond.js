@@ -5,6 +5,7 @@
  *   const answer = await sessions.session();   // never rejects
  *   if (answer.ok) use(answer.session.session_id); else report(answer.error);
  *   sessions.onChange((session) => use(session.session_id));
+ *   sessions.report({ errors: 1 });             // retried safely: applied once
  *
  * Every instrument of a page that asks for the same service and namespace shares one client:
  * the first call's promise, so instruments starting together cause one request and get one id;
@@ -19,6 +20,8 @@
   'use strict';
 
   var KEY = 'sessiond.client';
+  // The pauses before a report's retries.
+  var RETRY_MS = [300, 1500, 5000];
   var registry = {};
 
   function now() {
@@ -74,23 +77,25 @@
     this.watch();
   }
 
-  Client.prototype.body = function (extra) {
+  Client.prototype.body = function (extra, op) {
     var body = { namespace: this.namespace };
     if (this.client) body.client = this.client;
-    if (this.attributes) body.attributes = this.attributes;
+    // A report carries no attributes: they were frozen when its session started.
+    if (this.attributes && op !== 'report') body.attributes = this.attributes;
     for (var k in extra || {}) body[k] = extra[k];
     return JSON.stringify(body);
   };
 
-  // One call; resolves { ok, session } or { ok: false, error }. text/plain needs no preflight.
-  Client.prototype.call = function (op, extra) {
+  // One call; resolves { ok, session } or { ok: false, error, retry } (retry: worth trying
+  // again). text/plain needs no preflight. `keep` false: the answer is not the current session.
+  Client.prototype.call = function (op, extra, keep) {
     var self = this;
     var request;
     try {
       request = global.fetch(self.url + '/v1/sessions/' + op, {
         method: 'POST',
         headers: { 'content-type': 'text/plain' },
-        body: self.body(extra),
+        body: self.body(extra, op),
         keepalive: op === 'background' || op === 'end',
         credentials: 'omit',
       });
@@ -102,18 +107,47 @@
         return response.json().then(
           function (body) {
             if (!response.ok) {
-              return { ok: false, error: (body && body.detail) || 'HTTP ' + response.status };
+              return {
+                ok: false,
+                error: (body && body.detail) || 'HTTP ' + response.status,
+                retry: response.status >= 500 || response.status === 429,
+              };
             }
-            return { ok: true, session: self.remember(body) };
+            return { ok: true, session: keep === false ? body : self.remember(body) };
           },
           function () {
-            return { ok: false, error: 'HTTP ' + response.status };
+            return { ok: false, error: 'HTTP ' + response.status, retry: response.status >= 500 };
           }
         );
       })
       .catch(function (e) {
-        return { ok: false, error: 'unreachable: ' + (e && e.message) };
+        return { ok: false, error: 'unreachable: ' + (e && e.message), retry: true };
       });
+  };
+
+  // Reports handled errors or a crash ({ errors, crashed, sessionId }: the current session when
+  // no sessionId). It is retried while the service is unreachable or busy, always with the
+  // report_id drawn here once, so the service applies it once even when an answer was lost.
+  // Resolves like session(); the answer is the session reported on.
+  Client.prototype.report = function (report) {
+    var self = this;
+    report = report || {};
+    var body = { report_id: randomKey() };
+    if (report.errors) body.errors = report.errors;
+    if (report.crashed) body.crashed = true;
+    var named = report.sessionId || (self.current && self.current.session_id);
+    if (named) body.session_id = named;
+    var attempt = function (n) {
+      return self.call('report', body, false).then(function (answer) {
+        if (answer.ok || !answer.retry || n >= RETRY_MS.length) return answer;
+        return new Promise(function (resolve) {
+          global.setTimeout(function () {
+            resolve(attempt(n + 1));
+          }, RETRY_MS[n]);
+        });
+      });
+    };
+    return attempt(0);
   };
 
   // Keeps the newest session, adopts a minted client key, and tells listeners of a new id.
@@ -219,6 +253,9 @@
               return Promise.resolve({ ok: false, error: 'unsupported: ' + e.message });
             },
             onChange: function () {},
+            report: function () {
+              return Promise.resolve({ ok: false, error: 'unsupported: ' + e.message });
+            },
           };
         }
       }

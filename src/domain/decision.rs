@@ -31,7 +31,8 @@
 
 use super::health::{Report, final_status};
 use super::{
-    Attributes, EndStatus, Mode, OnUserChange, Policy, Reason, SessionId, SessionState, Status,
+    Attributes, EndStatus, Mode, OnUserChange, Policy, Reason, RecentReports, SessionId,
+    SessionState, Status,
 };
 
 /// What a call asks for.
@@ -309,6 +310,7 @@ pub fn started(
         finalized: false,
         reason,
         attributes,
+        reports: RecentReports::default(),
     }
 }
 
@@ -517,7 +519,7 @@ mod tests {
 
     fn report(session_id: Option<SessionId>) -> Op {
         Op::Report {
-            report: Report::new(1, false).unwrap(),
+            report: Report::new(1, false, None).unwrap(),
             session_id,
         }
     }

@@ -19,6 +19,74 @@ use super::{EndStatus, SessionState, Status};
 pub struct Report {
     errors: u64,
     crashed: bool,
+    id: Option<ReportId>,
+}
+
+/// A report's `report_id` (CONTRACT 8), which makes a retried report apply once. Kept as the
+/// first 8 bytes of its BLAKE3 digest: a session remembers its recent reports in its record,
+/// so each costs 8 bytes however long the id, and ids are the owner's own (a collision could
+/// only drop one of its own reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReportId([u8; ReportId::BYTES]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a report_id is 16 to 64 of A-Z a-z 0-9 . _ ~ -")]
+pub struct InvalidReportId;
+
+impl ReportId {
+    pub const BYTES: usize = 8;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidReportId> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-');
+        if !(16..=64).contains(&raw.len()) || !raw.bytes().all(allowed) {
+            return Err(InvalidReportId);
+        }
+        let digest = blake3::hash(raw.as_bytes());
+        let mut bytes = [0; Self::BYTES];
+        bytes.copy_from_slice(&digest.as_bytes()[..Self::BYTES]);
+        Ok(Self(bytes))
+    }
+
+    pub fn from_bytes(bytes: [u8; Self::BYTES]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; Self::BYTES] {
+        &self.0
+    }
+}
+
+/// The reports a session remembers by id, oldest first: the last [`RecentReports::CAPACITY`],
+/// so a record stays small; a retry comes soon after its first try.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecentReports(arrayvec::ArrayVec<ReportId, { RecentReports::CAPACITY }>);
+
+impl RecentReports {
+    pub const CAPACITY: usize = 8;
+
+    pub fn contains(&self, id: &ReportId) -> bool {
+        self.0.contains(id)
+    }
+
+    /// Remembers a report, forgetting the oldest when full.
+    pub fn remember(&mut self, id: ReportId) {
+        if self.0.is_full() {
+            self.0.remove(0);
+        }
+        self.0.push(id);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ReportId> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,11 +97,15 @@ impl Report {
     /// At most this many errors in one report, so counters never overflow.
     pub const MAX_ERRORS: u64 = 1_000;
 
-    pub fn new(errors: u64, crashed: bool) -> Result<Self, EmptyReport> {
+    pub fn new(errors: u64, crashed: bool, id: Option<ReportId>) -> Result<Self, EmptyReport> {
         if errors == 0 && !crashed {
             return Err(EmptyReport);
         }
-        Ok(Self { errors, crashed })
+        Ok(Self {
+            errors,
+            crashed,
+            id,
+        })
     }
 
     pub fn errors(&self) -> u64 {
@@ -42,6 +114,10 @@ impl Report {
 
     pub fn crashed(&self) -> bool {
         self.crashed
+    }
+
+    pub fn id(&self) -> Option<&ReportId> {
+        self.id.as_ref()
     }
 
     /// The status this report alone shows.
@@ -53,8 +129,15 @@ impl Report {
         }
     }
 
-    /// Adds the report to a session; returns whether anything changed.
+    /// Adds the report to a session, unless the session already has a report of its id;
+    /// returns whether its errors or status changed.
     pub fn apply(&self, session: &mut SessionState) -> bool {
+        if let Some(id) = self.id {
+            if session.reports.contains(&id) {
+                return false;
+            }
+            session.reports.remember(id);
+        }
         let before = (session.errors, session.status);
         session.errors = session.errors.saturating_add(self.errors);
         session.status = session.status.worse(self.status());
@@ -151,11 +234,16 @@ impl Event {
         session: &SessionState,
         ended_at: Option<i64>,
     ) -> Self {
+        // Events say nothing of the reports a session remembers.
+        let session = SessionState {
+            reports: RecentReports::default(),
+            ..session.clone()
+        };
         Self {
             id: EventId::default(),
             kind,
             namespace: namespace.to_owned(),
-            session: session.clone(),
+            session,
             ended_at,
         }
     }
@@ -185,20 +273,55 @@ mod tests {
 
     #[test]
     fn a_report_carries_something() {
-        assert_eq!(Report::new(0, false), Err(EmptyReport));
-        assert!(Report::new(0, true).is_ok());
-        assert!(Report::new(2, false).is_ok());
+        assert_eq!(Report::new(0, false, None), Err(EmptyReport));
+        assert!(Report::new(0, true, None).is_ok());
+        assert!(Report::new(2, false, None).is_ok());
     }
 
     #[test]
     fn status_moves_one_way_ok_errored_crashed() {
         let mut s = live();
-        assert!(Report::new(2, false).unwrap().apply(&mut s));
+        assert!(Report::new(2, false, None).unwrap().apply(&mut s));
         assert_eq!((s.status, s.errors), (Status::Errored, 2));
-        assert!(Report::new(0, true).unwrap().apply(&mut s));
+        assert!(Report::new(0, true, None).unwrap().apply(&mut s));
         assert_eq!(s.status, Status::Crashed);
-        Report::new(1, false).unwrap().apply(&mut s);
+        Report::new(1, false, None).unwrap().apply(&mut s);
         assert_eq!((s.status, s.errors), (Status::Crashed, 3), "never back");
+    }
+
+    #[test]
+    fn a_report_of_a_known_id_applies_once_and_the_last_ids_are_remembered() {
+        let id = |n: usize| ReportId::parse(&format!("report-{n:0>10}")).unwrap();
+        let report = |n| Report::new(3, false, Some(id(n))).unwrap();
+        let mut s = live();
+        assert!(report(0).apply(&mut s));
+        assert!(!report(0).apply(&mut s), "a repeat changes nothing");
+        assert_eq!(s.errors, 3);
+        for n in 1..=RecentReports::CAPACITY {
+            assert!(report(n).apply(&mut s));
+        }
+        assert_eq!(s.reports.len(), RecentReports::CAPACITY);
+        assert!(!s.reports.contains(&id(0)), "the oldest is forgotten");
+        assert!(!report(RecentReports::CAPACITY).apply(&mut s));
+    }
+
+    #[test]
+    fn report_ids_are_16_to_64_of_the_unreserved_characters() {
+        for good in ["a".repeat(16), "A-z0.9_~".repeat(8)] {
+            assert!(ReportId::parse(&good).is_ok(), "{good}");
+        }
+        for bad in [
+            "a".repeat(15),
+            "a".repeat(65),
+            format!("{}/", "a".repeat(16)),
+            format!("{}é", "a".repeat(16)),
+        ] {
+            assert_eq!(ReportId::parse(&bad), Err(InvalidReportId), "{bad}");
+        }
+        assert_ne!(
+            ReportId::parse(&"a".repeat(16)),
+            ReportId::parse(&"a".repeat(17))
+        );
     }
 
     #[test]
@@ -223,12 +346,12 @@ mod tests {
     fn an_amended_final_status_only_gets_worse() {
         let mut s = live();
         s.status = Status::Exited;
-        Report::new(1, false).unwrap().apply(&mut s);
+        Report::new(1, false, None).unwrap().apply(&mut s);
         assert_eq!(s.status, Status::Errored);
         s.status = Status::Abnormal;
-        Report::new(1, false).unwrap().apply(&mut s);
+        Report::new(1, false, None).unwrap().apply(&mut s);
         assert_eq!(s.status, Status::Abnormal);
-        Report::new(0, true).unwrap().apply(&mut s);
+        Report::new(0, true, None).unwrap().apply(&mut s);
         assert_eq!(s.status, Status::Crashed);
     }
 

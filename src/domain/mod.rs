@@ -14,7 +14,7 @@ pub mod stats;
 pub use attributes::Attributes;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, Op, ReportEffect, Update, decide};
-pub use health::{Event, EventId, EventKind, Report};
+pub use health::{Event, EventId, EventKind, RecentReports, Report, ReportId};
 pub use ids::{ClientHash, ClientHasher, ClientKey, IdSource, OsRandom, SessionId};
 pub use namespace::Namespace;
 pub use policy::{Mode, OnUserChange, Policy};

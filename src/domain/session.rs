@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Attributes, SessionId};
+use super::{Attributes, RecentReports, SessionId};
 
 /// Why a session started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +126,9 @@ pub struct SessionState {
     pub reason: Reason,
     #[serde(rename = "a", default)]
     pub attributes: Attributes,
+    /// The reports applied by `report_id`, so that a retry applies none again.
+    #[serde(skip)]
+    pub reports: RecentReports,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -16,7 +16,8 @@ use crate::config::OnStoreError;
 use crate::domain::decision::started;
 use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{
-    Attributes, ClientHash, ClientKey, EndStatus, Namespace, Op, Reason, Report, SessionId,
+    Attributes, ClientHash, ClientKey, EndStatus, Namespace, Op, Reason, Report, ReportId,
+    SessionId,
 };
 use crate::limits::NewClientPlace;
 use crate::store::{Command, Outcome, StoreError};
@@ -47,6 +48,7 @@ pub struct CallBody {
     #[serde(default, deserialize_with = "whole_number")]
     errors: Option<u64>,
     crashed: Option<bool>,
+    report_id: Option<String>,
 }
 
 /// A count, also written as a whole float (`3.0`), which JSON Schema's `integer` admits.
@@ -151,6 +153,7 @@ pub fn validate_call(
     } else {
         only(body.errors.is_some(), "errors", "report")?;
         only(body.crashed.is_some(), "crashed", "report")?;
+        only(body.report_id.is_some(), "report_id", "report")?;
     }
     let session_id = body
         .session_id
@@ -190,7 +193,13 @@ pub fn validate_call(
                     format!("is at most {} in one report", Report::MAX_ERRORS),
                 ));
             }
-            let report = Report::new(errors, body.crashed.unwrap_or(false))
+            let id = body
+                .report_id
+                .map(|raw| {
+                    ReportId::parse(&raw).map_err(|e| ApiError::invalid(field("report_id"), e))
+                })
+                .transpose()?;
+            let report = Report::new(errors, body.crashed.unwrap_or(false), id)
                 .map_err(|e| ApiError::invalid(field("errors"), e))?;
             if client.is_none() && session_id.is_none() {
                 return Err(ApiError::invalid(

@@ -10,16 +10,16 @@
 -- ARGV: client_retention_ms, session_retention_ms, pointer_slack_ms, stats_retention_ms,
 --       events_max; the number of policies, then each policy's idle_ms, max_ms, mode and
 --       on_user_change; then per call its spec: one byte for the op (OPS below), one for its
---       policy (byte 48 for the first), a '+' when nine more arguments follow (else '.'), then
---       the client's field (NS:HASH). The nine are user_id, create, end_status, named session
---       id, release, environment, platform, report errors, report crashed (decide.lua's
---       meanings); without them, all are at their defaults.
+--       policy (byte 48 for the first), a '+' when ten more arguments follow (else '.'), then
+--       the client's field (NS:HASH). The ten are user_id, create, end_status, named session
+--       id, release, environment, platform, report errors, report crashed, report id digest
+--       (decide.lua's meanings); without them, all are at their defaults.
 -- Returns {now, reply per call}: a call the hot path decided on this clock is its session
 -- record alone; any other is decide()'s reply, or {'skip', now, '', 0, ''}.
 -- By the op's byte, as string.byte reads it.
 local OPS = {[99] = 'current', [116] = 'tick', [102] = 'foreground', [98] = 'background',
              [101] = 'end', [114] = 'report'}
-local DEFAULTS = {'', '1', '', '', '', '', '', '0', '0'}
+local DEFAULTS = {'', '1', '', '', '', '', '', '0', '0', ''}
 local client_ret, session_ret = tonumber(ARGV[1]), tonumber(ARGV[2])
 local policies = {}
 local a = 7
@@ -37,8 +37,8 @@ for n = 1, #KEYS - 1 do
   local op, policy = OPS[op_byte], policies[policy_byte - 47]
   local member, r = string.sub(spec, 4), DEFAULTS
   if more == 43 then
-    r = {unpack(ARGV, a + 1, a + 9)}
-    a = a + 10
+    r = {unpack(ARGV, a + 1, a + 10)}
+    a = a + 11
   else
     a = a + 1
   end
@@ -56,7 +56,7 @@ for n = 1, #KEYS - 1 do
       local prefix = string.match(key, '^(.*}:)r:')
       reply = decide({key, prefix .. 'a:' .. member, prefix .. 'c:' .. member}, {
         op, r[2], r[3], r[4], policy[1], policy[2], policy[3], policy[4], ARGV[1], ARGV[2],
-        ARGV[3], '', r[5], r[6], r[7], r[1], ARGV[4], ARGV[5], r[8], r[9]})
+        ARGV[3], '', r[5], r[6], r[7], r[1], ARGV[4], ARGV[5], r[8], r[9], r[10]})
       if reply[1] == 'need' then waiting[member] = true end
     end
   end

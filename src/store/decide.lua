@@ -11,7 +11,7 @@
 -- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
 --       candidate, release, environment, platform, user_id ('' when not given),
---       stats_retention_ms, events_max, report errors, report crashed
+--       stats_retention_ms, events_max, report errors, report crashed, report id digest
 -- decide(KEYS, ARGV) returns {kind, now, session_record, pointer_expires_at, finalized}; kind is
 -- s(ession), need(s an id), nolive or unknown; finalized is the final status of the session the
 -- call finalized, or ''. pointer_expires_at > 0 asks the caller to extend the id's
@@ -30,7 +30,7 @@ local function decide(KEYS, ARGV)
   local prefix, member = string.match(KEYS[2], '^(.*}:)a:(.*)$')
   local H = {prefix = prefix, ns = string.match(member, '^[^:]*'), stats_ret = tonumber(ARGV[17]),
              events_max = ARGV[18]}
-  local report_errors, report_crashed = tonumber(ARGV[19]), ARGV[20] == '1'
+  local report_errors, report_crashed, report_id = tonumber(ARGV[19]), ARGV[20] == '1', ARGV[21]
   local may_start = not ((op == 'current' and not create) or op == 'end' or op == 'report')
 
   local function retained_until(x)
@@ -96,7 +96,7 @@ local function decide(KEYS, ARGV)
       local ended = ended_at(prev, P, now)
       finalize_now(prev, ended)
       archive({s = prev.s, i = prev.i, p = prev.p, t0 = prev.t0, t = prev.t, e = ended,
-               st = prev.st, n = prev.n, f = true, r = prev.r, a = prev.a})
+               st = prev.st, n = prev.n, f = true, r = prev.r, a = prev.a, k = prev.k})
     end
     local x = {s = candidate, i = prev and prev.i + 1 or 1, p = prev and prev.s or nil,
                t0 = now, t = now, st = 'ok', r = reason, a = attrs, px = 0}
@@ -122,8 +122,9 @@ local function decide(KEYS, ARGV)
     if x.e + session_ret <= now then return reply('unknown') end
     if op == 'report' then
       local before = x.st
-      if apply_report(x, report_errors, report_crashed) then
-        amend(H, x, before, x.e)
+      local changed, written = apply_report(x, report_errors, report_crashed, report_id)
+      if changed then amend(H, x, before, x.e) end
+      if written then
         archived = pack_record(x)
         redis.call('HSET', KEYS[2], named, archived)
       end
@@ -136,7 +137,8 @@ local function decide(KEYS, ARGV)
     if op == 'report' then
       if retained_until(s) <= now then return reply('unknown') end
       local before, was_final = s.st, s.f
-      local changed = apply_report(s, report_errors, report_crashed)
+      local changed, written = apply_report(s, report_errors, report_crashed, report_id)
+      if was_final and not written then return reply('s', raw) end
       local ended = ended_at(s, P, now)
       if not was_final then
         finalize_now(s, ended)
@@ -157,7 +159,9 @@ local function decide(KEYS, ARGV)
   end
 
   if op == 'report' then
-    apply_report(s, report_errors, report_crashed)
+    if not select(2, apply_report(s, report_errors, report_crashed, report_id)) then
+      return reply('s', raw)
+    end
     user_marks(H, s)
     return reply('s', save(s))
   end

@@ -3,7 +3,8 @@
 -- functions again on every call.
 
 -- The flags of a packed record (lib.lua's record format 2): which optional parts it holds.
-local FLAG_PREVIOUS, FLAG_BACKGROUND, FLAG_ENDED, FLAG_ERRORS, FLAG_FINALIZED = 1, 2, 4, 8, 16
+local FLAG_PREVIOUS, FLAG_BACKGROUND, FLAG_ENDED, FLAG_ERRORS, FLAG_FINALIZED, FLAG_REPORTS =
+  1, 2, 4, 8, 16, 32
 
 local function clock()
   local t = redis.call('TIME')

@@ -12,15 +12,19 @@ local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 
 -- A session record, as a records hash and an archive keep it: packed with struct, which costs
 -- a fraction of cjson to read and write. Decoded, a record is the table
--- {s, i, p, t0, t, bg, e, st, n, f, r, px, a = {release, environment, platform, user_id}};
--- absent fields are nil. src/store/record.rs reads the same layouts; keep them in step.
+-- {s, i, p, t0, t, bg, e, st, n, f, r, px, a = {release, environment, platform, user_id}, k};
+-- absent fields are nil; k is the list of the digests of its recent report ids, oldest
+-- first. src/store/record.rs reads the same layouts; keep them in step.
 -- Packed (big-endian), format 2: the format byte, the id's 10 bytes, a byte of FLAGS (which
 -- optional parts follow, and whether it is finalized: hot.lua's FLAG_*), the previous id's 10 bytes, index,
 -- started, last activity, pointer expiry, background since, ended, errors (each time 6 bytes),
 -- status * 16 + reason, then the four attributes, each after its 2-byte length ('' when
--- absent). At about 60 bytes a record fits a compact hash entry. Format 1 (fixed width, ids
+-- absent), then the count of report digests and the digests (8 bytes each). At about 60 bytes a record fits a compact hash entry. Format 1 (fixed width, ids
 -- in hex) and JSON are what earlier versions wrote, read still.
 local RECORD_1 = '>BBc0Bc0I4I6I6I6I6I6I6BBBHc0Hc0Hc0Hc0'
+-- A report id's digest is 8 bytes (domain::ReportId), and a record keeps the last 8
+-- (domain::RecentReports).
+local REPORT_BYTES, REPORTS_KEPT = 8, 8
 local STATUS = {[0] = 'ok', 'exited', 'errored', 'abnormal', 'crashed'}
 local REASON = {[0] = 'new_client', 'idle_timeout', 'max_duration', 'ended', 'user_change'}
 local STATUS_CODE, REASON_CODE = {}, {}
@@ -66,16 +70,25 @@ local function unpack_record(raw)
   if has(FLAG_BACKGROUND) then x.bg, at = struct.unpack('>I6', raw, at) end
   if has(FLAG_ENDED) then x.e, at = struct.unpack('>I6', raw, at) end
   if has(FLAG_ERRORS) then x.n, at = struct.unpack('>I6', raw, at) end
-  local code, release, environment, platform, user = struct.unpack('>BHc0Hc0Hc0Hc0', raw, at)
+  local code, release, environment, platform, user
+  code, release, environment, platform, user, at = struct.unpack('>BHc0Hc0Hc0Hc0', raw, at)
   x.st, x.r = STATUS[math.floor(code / 16)], REASON[code % 16]
   x.a = attributes(release, environment, platform, user)
+  if has(FLAG_REPORTS) then
+    x.k = {}
+    for n = 1, string.byte(raw, at) do
+      local from = at + 1 + (n - 1) * REPORT_BYTES
+      x.k[n] = string.sub(raw, from, from + REPORT_BYTES - 1)
+    end
+  end
   return x
 end
 
 local function pack_record(x)
   local a = x.a
   local flags = (x.p and FLAG_PREVIOUS or 0) + (x.bg and FLAG_BACKGROUND or 0) +
-    (x.e and FLAG_ENDED or 0) + (x.n and FLAG_ERRORS or 0) + (x.f and FLAG_FINALIZED or 0)
+    (x.e and FLAG_ENDED or 0) + (x.n and FLAG_ERRORS or 0) + (x.f and FLAG_FINALIZED or 0) +
+    (x.k and FLAG_REPORTS or 0)
   local parts = {struct.pack('>Bc10B', 2, id_bytes(x.s), flags)}
   if x.p then parts[#parts + 1] = id_bytes(x.p) end
   parts[#parts + 1] = struct.pack('>I4I6I6I6', x.i, x.t0, x.t, x.px or 0)
@@ -86,6 +99,10 @@ local function pack_record(x)
   local platform, user = a.platform or '', a.user_id or ''
   parts[#parts + 1] = struct.pack('>BHc0Hc0Hc0Hc0', STATUS_CODE[x.st] * 16 + REASON_CODE[x.r],
     #release, release, #environment, environment, #platform, platform, #user, user)
+  if x.k then
+    parts[#parts + 1] = string.char(#x.k)
+    for _, digest in ipairs(x.k) do parts[#parts + 1] = digest end
+  end
   return table.concat(parts)
 end
 
@@ -207,12 +224,22 @@ local function amend(H, x, before, ended)
   user_marks(H, x)
 end
 
--- Adds a report's errors and crash to x; returns whether anything changed.
-local function apply_report(x, errors, crashed)
+-- Adds a report's errors and crash to x, unless x has a report of its id (digest, '' for
+-- none) among its last REPORTS_KEPT; returns whether its errors or status changed, and
+-- whether the record changed at all.
+local function apply_report(x, errors, crashed, digest)
+  if digest ~= '' then
+    x.k = x.k or {}
+    for _, seen in ipairs(x.k) do
+      if seen == digest then return false, false end
+    end
+    if #x.k >= REPORTS_KEPT then table.remove(x.k, 1) end
+    x.k[#x.k + 1] = digest
+  end
   local n0, st0 = x.n or 0, x.st
   local n = n0 + errors
   if n > 0 then x.n = n end
   x.st = worse(x.st, crashed and 'crashed' or 'errored')
-  return n ~= n0 or x.st ~= st0
+  return n ~= n0 or x.st ~= st0, true
 end
 

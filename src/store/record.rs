@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-use crate::domain::{Attributes, Reason, SessionId, SessionState, Status};
+use crate::domain::{Attributes, Reason, RecentReports, ReportId, SessionId, SessionState, Status};
 
 /// The format bytes that open a packed record: fixed width with ids in hex (earlier
 /// versions), and compact (lib.lua's format 2).
@@ -17,6 +17,7 @@ const BACKGROUND: u8 = 2;
 const ENDED: u8 = 4;
 const ERRORS: u8 = 8;
 const FINALIZED: u8 = 16;
+const REPORTS: u8 = 32;
 
 #[derive(Debug, Error)]
 #[error("stored session: {0}")]
@@ -121,6 +122,18 @@ impl<'a> Reader<'a> {
         let ended_at = optional(ENDED)?;
         let errors = optional(ERRORS)?.unwrap_or(0) as u64;
         let code = self.number(1)?;
+        let attributes = self.attributes()?;
+        let mut reports = RecentReports::default();
+        if has(REPORTS) {
+            for _ in 0..self.number(1)? {
+                let bytes = self.bytes(ReportId::BYTES)?;
+                reports.remember(ReportId::from_bytes(
+                    bytes
+                        .try_into()
+                        .expect("read as many bytes as a report id has"),
+                ));
+            }
+        }
         Ok(SessionState {
             id,
             index,
@@ -133,7 +146,8 @@ impl<'a> Reader<'a> {
             errors,
             finalized: has(FINALIZED),
             reason: reason(code % 16)?,
-            attributes: self.attributes()?,
+            attributes,
+            reports,
         })
     }
 
@@ -167,6 +181,7 @@ impl<'a> Reader<'a> {
             finalized,
             reason,
             attributes,
+            reports: RecentReports::default(),
         })
     }
 }
@@ -202,7 +217,7 @@ mod tests {
     fn compact() -> Vec<u8> {
         let mut raw = vec![COMPACT];
         raw.extend_from_slice(&hex::decode("1454552aede69aa12d19").unwrap());
-        raw.push(PREVIOUS | BACKGROUND | ENDED | ERRORS | FINALIZED);
+        raw.push(PREVIOUS | BACKGROUND | ENDED | ERRORS | FINALIZED | REPORTS);
         raw.extend_from_slice(&hex::decode("00ff00ff00ff00ff00ff").unwrap());
         raw.extend_from_slice(&3u32.to_be_bytes());
         // Started, last activity, pointer expiry, background since, ended, errors.
@@ -221,6 +236,9 @@ mod tests {
             raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
             raw.extend_from_slice(value.as_bytes());
         }
+        raw.push(2);
+        raw.extend_from_slice(&[1; ReportId::BYTES]);
+        raw.extend_from_slice(&[2; ReportId::BYTES]);
         raw
     }
 
@@ -251,6 +269,8 @@ mod tests {
         );
         assert_eq!(session.background_since, Some(1_795_569_300_550));
         assert_eq!(session.ended_at, Some(1_795_569_300_700));
+        let reports: Vec<_> = session.reports.iter().map(|r| r.as_bytes()[0]).collect();
+        assert_eq!(reports, [1, 2]);
         assert_shared_parts(&session);
     }
 

@@ -61,7 +61,7 @@ use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
 use crate::domain::{
     Attributes, ClientHash, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
-    OnUserChange, Op, Policy, SessionId, SessionState, Status,
+    OnUserChange, Op, Policy, RecentReports, SessionId, SessionState, Status,
 };
 use crate::telemetry;
 
@@ -1043,7 +1043,7 @@ fn add_create_and_status_args<'a>(call: &mut redis::ScriptInvocation<'_>, op: &'
     op.names().map_or("", SessionId::as_str)
 }
 
-/// Adds a report's errors and crash flag (0 and 0 for other calls).
+/// Adds a report's errors, crash flag and id's digest (0, 0 and '' for other calls).
 fn add_report_args(call: &mut redis::ScriptInvocation<'_>, op: &Op) {
     let report = match op {
         Op::Report { report, .. } => Some(report),
@@ -1054,7 +1054,12 @@ fn add_report_args(call: &mut redis::ScriptInvocation<'_>, op: &Op) {
             "1"
         } else {
             "0"
-        });
+        })
+        .arg(
+            report
+                .and_then(|r| r.id())
+                .map_or(&[][..], |id| &id.as_bytes()[..]),
+        );
 }
 
 fn on_user_change_name(policy: &Policy) -> &'static str {
@@ -1143,6 +1148,7 @@ fn parse_event(shard: u16, id: &str, fields: Vec<String>) -> Result<Event, Store
             platform: text("platform"),
             user_id: text("user_id"),
         },
+        reports: RecentReports::default(),
     };
     Ok(Event {
         id: EventId { ms, seq, shard },

@@ -184,6 +184,27 @@ async fn every_class_of_bad_input_gets_its_problem_and_changes_nothing(store: St
             "invalid-field",
             Some("body"),
         ),
+        (
+            "/v1/sessions/report",
+            with(json!({"errors": 1, "report_id": "too-short"})),
+            400,
+            "invalid-field",
+            Some("report_id"),
+        ),
+        (
+            "/v1/sessions/report",
+            with(json!({"errors": 1, "report_id": "has/slash-0123456789"})),
+            400,
+            "invalid-field",
+            Some("report_id"),
+        ),
+        (
+            tick,
+            with(json!({"report_id": "report-0123456789"})),
+            400,
+            "invalid-field",
+            Some("report_id"),
+        ),
     ];
     for (path, body, status, kind, field) in json_cases {
         let problem = app.post(path, body.clone()).await.problem(status);

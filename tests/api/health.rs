@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     ADMIN_TOKEN, SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app,
-    spawn_app_without_admin_token, spawn_on_redis, wait_past, wait_until,
+    spawn_app_without_admin_token, spawn_instances, spawn_on_redis, wait_past, wait_until,
 };
 use crate::on_every_store;
 use crate::redis_server;
@@ -113,7 +113,91 @@ on_every_store!(
     finalizations_are_counted_by_final_status,
     only_the_owners_key_or_the_admin_token_reports_on_a_session,
     admin_calls_are_off_without_an_admin_token,
+    a_retried_report_applies_once_through_any_instance,
 );
+
+/// CONTRACT 8: the same `report_id` on a session applies once, however often and through
+/// however many instances it is sent, concurrently or after the session ended; a repeat
+/// answers as the first did and changes no counter or event.
+async fn a_retried_report_applies_once_through_any_instance(store: Store) {
+    let apps = spawn_instances(store, &config(""), 2).await;
+    let client = new_client();
+    let release = format!("retry-{}", &new_client()[..8]);
+    let session = apps[0]
+        .tick(json!({"namespace": "app", "client": client, "attributes": {"release": release}}))
+        .await
+        .expect(200);
+    let report = |report_id: &str, extra: Value| {
+        let mut body = json!({"namespace": "app", "client": client, "session_id": id(&session),
+                              "report_id": report_id});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let first = report("first-report-0001", json!({"errors": 3}));
+    // Twenty tries of one report at once, through both instances.
+    let tries = (0..20).map(|n| apps[n % 2].post("/v1/sessions/report", first.clone()));
+    for answer in futures_util::future::join_all(tries).await {
+        let answer = answer.expect(200);
+        assert_eq!(
+            (answer["errors"].as_u64(), answer["status"].as_str()),
+            (Some(3), Some("errored"))
+        );
+    }
+    // In a batch, a retry beside a new report: only the new one applies.
+    let second = report("second-report-002", json!({"crashed": true}));
+    let mut ops = [first.clone(), second.clone()];
+    for op in &mut ops {
+        op["op"] = json!("report");
+    }
+    let batch = apps[1].batch(json!(ops)).await.expect(200);
+    let results = batch["results"].as_array().unwrap();
+    assert_eq!(results[0]["errors"], 3, "{batch}");
+    assert_eq!(results[0]["status"], "errored", "{batch}");
+    assert_eq!(results[1]["status"], "crashed", "{batch}");
+    // Ended, then sent again (a crash report retried on the next launch): nothing moves.
+    let ended = apps[0]
+        .end(json!({"namespace": "app", "client": client}))
+        .await
+        .expect(200);
+    assert_eq!(ended["status"], "crashed");
+    for (n, retry) in [&first, &second, &first].into_iter().enumerate() {
+        let answer = apps[n % 2]
+            .post("/v1/sessions/report", retry.clone())
+            .await
+            .expect(200);
+        assert_eq!(
+            (answer["errors"].as_u64(), answer["status"].as_str()),
+            (Some(3), Some("crashed"))
+        );
+    }
+    // A new report on the ended session amends it once, however often it is sent.
+    let late = report("late-report-00003", json!({"errors": 1}));
+    for app in [&apps[0], &apps[1], &apps[0]] {
+        let answer = app
+            .post("/v1/sessions/report", late.clone())
+            .await
+            .expect(200);
+        assert_eq!(answer["errors"], 4);
+    }
+    let events = all_events(&apps[0]).await;
+    assert_eq!(
+        sequence(&events, &[id(&session)]),
+        [
+            (id(&session), "started", "ok"),
+            (id(&session), "ended", "crashed"),
+            (id(&session), "amended", "crashed"),
+        ]
+    );
+    let stats = stats_of(&apps[1], &release).await;
+    assert_eq!(
+        (stats["sessions"].as_u64(), stats["crashed"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["errored"], 0, "{stats}");
+}
 
 /// CONTRACT 8: without a configured admin token, lookup, events and stats are off: 404 as an
 /// unknown route, whatever the caller sends, so a fresh deployment serves no one's data.

@@ -49,6 +49,7 @@ pub const SESSION_CALLS: [&str; 7] = [
     "batch",
 ];
 
+#[derive(Clone)]
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
@@ -159,6 +160,20 @@ pub async fn spawn_on_redis(toml: &str, redis: Arc<RedisServer>) -> TestApp {
 /// An app on a given Redis Cluster (several instances may share one).
 pub async fn spawn_on_cluster(toml: &str, cluster: Arc<RedisCluster>) -> TestApp {
     spawn(toml, Sources::default(), Some(Backend::Cluster(cluster))).await
+}
+
+/// `n` instances sharing one store: on Redis and the cluster, apps on the harness's server;
+/// in memory, where the store is the process's own, the one app `n` times.
+pub async fn spawn_instances(store: Store, toml: &str, n: usize) -> Vec<TestApp> {
+    if store == Store::Memory {
+        return vec![spawn_app(store, toml).await; n];
+    }
+    let backend = backend(store).await;
+    let mut apps = Vec::with_capacity(n);
+    for _ in 0..n {
+        apps.push(spawn(toml, Sources::default(), backend.clone()).await);
+    }
+    apps
 }
 
 /// An app without an admin token, so with the admin calls off.

@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sessiond::domain::{
     Attributes, ClientHash, ClientHasher, ClientKey, Clock, EndStatus, EventKind, IdSource,
-    ManualClock, Mode, Namespace, OnUserChange, Op, OsRandom, Policy, Report, SessionId, Status,
+    ManualClock, Mode, Namespace, OnUserChange, Op, OsRandom, Policy, Report, ReportId, SessionId,
+    Status,
 };
 use sessiond::http::views::SessionRecord;
 use sessiond::store::redis::Target;
@@ -65,6 +66,9 @@ enum Call {
         errors: u64,
         crashed: bool,
         named: Named,
+        /// Its `report_id`, from a small pool so that retries happen, and a session can be
+        /// sent more distinct ones than it remembers.
+        id: Option<u8>,
     },
 }
 
@@ -104,9 +108,9 @@ fn call() -> impl Strategy<Value = Call> {
         2 => Just(Call::Foreground),
         2 => Just(Call::Background),
         2 => (end_status, named()).prop_map(|(status, named)| Call::End { status, named }),
-        2 => (0u64..3, any::<bool>(), named())
-            .prop_filter("a report carries something", |(e, c, _)| *e > 0 || *c)
-            .prop_map(|(errors, crashed, named)| Call::Report { errors, crashed, named }),
+        2 => (0u64..3, any::<bool>(), named(), proptest::option::of(0u8..10))
+            .prop_filter("a report carries something", |(e, c, _, _)| *e > 0 || *c)
+            .prop_map(|(errors, crashed, named, id)| Call::Report { errors, crashed, named, id }),
     ]
 }
 
@@ -180,6 +184,8 @@ struct MSession {
     why: Why,
     release: Option<&'static str>,
     user: Option<&'static str>,
+    /// The report ids it remembers, oldest first (CONTRACT 8: the last 8).
+    reports: Vec<u8>,
 }
 
 fn rank(s: Status) -> u8 {
@@ -230,7 +236,18 @@ impl MSession {
         }
     }
 
-    fn report(&mut self, errors: u64, crashed: bool) -> bool {
+    /// Applies a report unless it remembers the report's id; returns whether its errors or
+    /// status changed.
+    fn report(&mut self, errors: u64, crashed: bool, id: Option<u8>) -> bool {
+        if let Some(id) = id {
+            if self.reports.contains(&id) {
+                return false;
+            }
+            if self.reports.len() == 8 {
+                self.reports.remove(0);
+            }
+            self.reports.push(id);
+        }
         let before = (self.errors, self.status);
         self.errors += errors;
         let shown = if crashed {
@@ -377,6 +394,7 @@ impl Model {
             why,
             release,
             user,
+            reports: Vec::new(),
         };
         self.events.push((sym, EventKind::Started, Status::Ok));
         let view = s.view(&p, now);
@@ -424,9 +442,12 @@ impl Model {
                     return Answer::UnknownSession;
                 };
                 if let Call::Report {
-                    errors, crashed, ..
+                    errors,
+                    crashed,
+                    id,
+                    ..
                 } = call
-                    && s.report(*errors, *crashed)
+                    && s.report(*errors, *crashed, *id)
                 {
                     self.events.push((s.sym, EventKind::Amended, s.status));
                 }
@@ -446,9 +467,12 @@ impl Model {
                     created: false,
                 },
                 Call::Report {
-                    errors, crashed, ..
+                    errors,
+                    crashed,
+                    id,
+                    ..
                 } => {
-                    let changed = s.report(*errors, *crashed);
+                    let changed = s.report(*errors, *crashed, *id);
                     if s.finalized {
                         if changed {
                             self.events.push((s.sym, EventKind::Amended, s.status));
@@ -485,9 +509,12 @@ impl Model {
                 };
             }
             Call::Report {
-                errors, crashed, ..
+                errors,
+                crashed,
+                id,
+                ..
             } => {
-                s.report(*errors, *crashed);
+                s.report(*errors, *crashed, *id);
                 return Answer::Session {
                     view: s.view(&p, now),
                     created: false,
@@ -796,9 +823,17 @@ async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> 
                         session_id: named_id(named),
                     },
                     Call::Report {
-                        errors, crashed, ..
+                        errors,
+                        crashed,
+                        id,
+                        ..
                     } => Op::Report {
-                        report: Report::new(*errors, *crashed).unwrap(),
+                        report: Report::new(
+                            *errors,
+                            *crashed,
+                            id.map(|n| ReportId::parse(&format!("model-report-{n:04}")).unwrap()),
+                        )
+                        .unwrap(),
                         session_id: named_id(named),
                     },
                 };

@@ -159,3 +159,85 @@ async fn connections_over_an_addresss_cap_are_refused_and_their_places_come_back
     .await;
     assert!(served, "a closed connection gives its place back");
 }
+
+/// The README's one exception to "every 4xx is problem+json": a request the HTTP parser
+/// cannot read (a Content-Length that is no number or is given twice, a head over 128 KiB
+/// or with more than 96 headers)
+/// gets the parser's bare 400 or 431 and a closed connection. Anything it can read and
+/// sessiond refuses is a problem, also when the declared body is too large or the body is
+/// chunked.
+#[tokio::test]
+async fn unreadable_requests_get_a_bare_4xx_and_are_closed_and_readable_ones_a_problem() {
+    let app = spawn_app(Store::Memory, "body_limit = 1024").await;
+    let tick =
+        "POST /v1/sessions/tick HTTP/1.1\r\nHost: sessiond\r\nContent-Type: application/json\r\n";
+    let unreadable = [
+        (format!("{tick}Content-Length: ten\r\n\r\n"), 400),
+        (
+            format!("{tick}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"),
+            400,
+        ),
+        (
+            format!(
+                "{tick}X-Padding: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+                "p".repeat(140_000)
+            ),
+            431,
+        ),
+        (
+            format!(
+                "{tick}{}Content-Length: 2\r\n\r\n{{}}",
+                "X-Many: 1\r\n".repeat(100)
+            ),
+            431,
+        ),
+    ];
+    for (request, status) in unreadable {
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_response(&mut stream).await;
+        assert_eq!(
+            answer.status,
+            status,
+            "{:?}",
+            &request[..200.min(request.len())]
+        );
+        assert_eq!(answer.body, "", "the parser's answer has no body");
+        assert!(closed(&mut stream).await, "the connection is closed");
+    }
+    let readable = [
+        (
+            format!("{tick}Content-Length: 5000\r\n\r\n{{}}"),
+            413,
+            "payload-too-large",
+        ),
+        (
+            format!("{tick}Transfer-Encoding: chunked\r\n\r\n4\r\n{{\"cl\r\n0\r\n\r\n"),
+            400,
+            "malformed-json",
+        ),
+    ];
+    for (request, status, kind) in readable {
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_response(&mut stream).await;
+        spec().check(
+            "POST",
+            "/v1/sessions/tick",
+            answer.status,
+            &answer.content_type,
+            &answer.body,
+        );
+        assert_eq!(answer.status, status, "{}", answer.body);
+        assert!(
+            answer
+                .body
+                .contains(&format!("urn:sessiond:problem:{kind}")),
+            "{}",
+            answer.body
+        );
+    }
+    app.tick(serde_json::json!({"client": new_client()}))
+        .await
+        .expect(200);
+}

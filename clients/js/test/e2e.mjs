@@ -5,6 +5,7 @@
 //   - three tabs of one browser profile show that same id;
 //   - after the idle timeout, a click gives every instrument the new id;
 //   - a page hidden for longer than the idle timeout gets a new id when it is shown again;
+//   - a report whose answer is lost is retried with its report_id and counted once;
 //   - with the service unreachable, the answer says so and carries no id;
 //   - nothing the client does throws into the page.
 // BASE_URL: the service; IDLE_MS: the namespace's idle timeout; SCREENSHOT: where to save a
@@ -82,6 +83,33 @@ try {
   await setVisibility(first, 'visible');
   const returned = await agreedId(first, renewed);
   console.log(`hidden for longer than the idle timeout, the page came back with ${returned}`);
+
+  // A report whose answer is lost on the way back is retried with the same report_id, and
+  // the service applies it once.
+  const reported = await first.evaluate(async () => {
+    const realFetch = window.fetch;
+    const bodies = [];
+    window.fetch = function (url, init) {
+      const sent = realFetch.call(this, url, init);
+      if (!String(url).endsWith('/v1/sessions/report')) return sent;
+      bodies.push(JSON.parse(init.body));
+      return bodies.length === 1 ? sent.then(() => { throw new TypeError('answer lost'); }) : sent;
+    };
+    try {
+      const answer = await Sessiond.get({ url: '', namespace: 'default' }).report({ errors: 2 });
+      return { answer, bodies };
+    } finally {
+      window.fetch = realFetch;
+    }
+  });
+  assert.equal(reported.bodies.length, 2, 'the lost answer was retried once');
+  assert.equal(reported.bodies[0].report_id, reported.bodies[1].report_id);
+  assert.match(reported.bodies[0].report_id, /^[0-9a-f]{32}$/);
+  assert.equal(reported.bodies[0].session_id, returned);
+  assert.ok(reported.answer.ok, JSON.stringify(reported.answer));
+  assert.equal(reported.answer.session.errors, 2, 'applied once, not twice');
+  assert.equal(reported.answer.session.status, 'errored');
+  console.log(`a report retried after a lost answer counted ${reported.answer.session.errors} errors once`);
 
   const unreachable = await first.evaluate(() =>
     Sessiond.get({ url: 'http://127.0.0.1:9', namespace: 'default' }).session());
