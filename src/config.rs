@@ -25,6 +25,10 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "SESSIOND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// A second address, for /metrics and the admin calls (lookup, events, stats), which are
+    /// then served there only; keep it off the public network.
+    #[arg(long, env = "SESSIOND_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
     /// TOML configuration file (service-wide keys and [namespaces.NAME] tables).
     #[arg(long, env = "SESSIOND_CONFIG")]
     pub config: Option<PathBuf>,
@@ -117,6 +121,8 @@ pub enum RedisChoice {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: String,
+    /// Where /metrics and the admin calls are served instead of `listen`, if anywhere.
+    pub ops_listen: Option<String>,
     /// Which Redis holds the sessions; none: the in-memory store.
     pub redis: Option<RedisSettings>,
     pub key_prefix: String,
@@ -354,6 +360,10 @@ impl Settings {
                 )?,
             },
         )
+        .map(|settings| Self {
+            ops_listen: cli.ops_listen.clone(),
+            ..settings
+        })
     }
 
     pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -505,6 +515,7 @@ impl Settings {
         }
         Ok(Self {
             listen,
+            ops_listen: None,
             redis,
             key_prefix,
             store_timeout,

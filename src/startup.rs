@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{RedisSettings, Settings};
 use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::connections::ConnectionCounts;
+use crate::http::ops::OpsAddress;
 use crate::http::{self, AppState};
 use crate::limits::Limiter;
 use crate::store::metered::Metered;
@@ -34,6 +35,7 @@ pub enum StartError {
 /// A built application: bound, not yet serving.
 pub struct Application {
     port: u16,
+    ops_port: Option<u16>,
     server: Server,
     store: Arc<dyn SessionStore>,
 }
@@ -126,6 +128,18 @@ impl Application {
             source,
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let (ops_listener, ops_address) = match &settings.ops_listen {
+            Some(address) => {
+                let failed = |source| StartError::Bind {
+                    address: address.clone(),
+                    source,
+                };
+                let listener = TcpListener::bind(address).map_err(failed)?;
+                let bound = listener.local_addr().map_err(failed)?;
+                (Some(listener), Some(OpsAddress(bound)))
+            }
+            None => (None, None),
+        };
         let counts = ConnectionCounts::new(
             settings.max_connections_per_address,
             settings.limits.trusted_proxies.clone(),
@@ -133,8 +147,11 @@ impl Application {
         let mut server = HttpServer::new(move || {
             // Each worker has its own handle on the state: a shared one's reference count was
             // written by every worker on every request.
-            App::new()
-                .app_data(state.metrics.request_series())
+            let mut app = App::new();
+            if let Some(ops) = ops_address {
+                app = app.app_data(ops);
+            }
+            app.app_data(state.metrics.request_series())
                 .app_data(web::Data::new(AppState::clone(&state)))
                 .wrap(from_fn(http::connections::admit))
                 .wrap(from_fn(http::observe))
@@ -146,21 +163,32 @@ impl Application {
         server = server
             .workers(workers)
             .max_connections(settings.max_connections.div_ceil(workers));
-        let server = server
-            .listen(listener)
-            .map_err(|source| StartError::Bind {
-                address: settings.listen.clone(),
+        server = server.listen(listener).map_err(|source| StartError::Bind {
+            address: settings.listen.clone(),
+            source,
+        })?;
+        if let Some(ops) = ops_listener {
+            server = server.listen(ops).map_err(|source| StartError::Bind {
+                address: settings.ops_listen.clone().unwrap_or_default(),
                 source,
-            })?
-            .run();
+            })?;
+        }
+        let server = server.run();
         if settings.admin_token.is_none() {
             tracing::info!(
                 "no admin token is configured: the admin calls (lookup by id, /v1/events, /v1/stats) are off"
             );
         }
+        if let Some(OpsAddress(ops)) = ops_address {
+            tracing::info!(
+                %ops,
+                "/metrics and the admin calls are served on the ops address only"
+            );
+        }
         tracing::info!(port, store = store.kind(), "sessiond is listening");
         Ok(Self {
             port,
+            ops_port: ops_address.map(|OpsAddress(a)| a.port()),
             server,
             store,
         })
@@ -168,6 +196,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ops listener's port, when there is one.
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops_port
     }
 
     /// Stops the server gracefully (in-flight calls finish) when asked.

@@ -6,6 +6,7 @@ pub mod connections;
 pub mod cors;
 pub mod demo;
 pub mod lookup;
+pub mod ops;
 pub mod problem;
 pub mod sessions;
 pub mod source;
@@ -94,36 +95,48 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         scope = scope.service(
             resource(path, pattern)
                 .route(post(op))
-                .default_service(only("POST")),
+                .default_service(only("POST"))
+                .wrap(from_fn(ops::public_call)),
         );
     }
     scope = scope
         .service(
             resource("/batch", "/v1/sessions/batch")
                 .route(web::post().to(sessions::batch))
-                .default_service(only("POST")),
+                .default_service(only("POST"))
+                .wrap(from_fn(ops::public_call)),
         )
         .service(
             resource("/{session_id}", "/v1/sessions/{session_id}")
                 .route(web::get().to(lookup::lookup))
-                .default_service(only("GET")),
+                .default_service(only("GET"))
+                .wrap(from_fn(ops::ops_call)),
         );
     cfg.service(scope);
+    let get = |path: &'static str, handler: Route| {
+        resource(path, path)
+            .route(handler)
+            .default_service(only("GET"))
+    };
     for (path, handler) in [
         ("/v1/events", web::get().to(admin::events)),
         ("/v1/stats", web::get().to(admin::stats)),
-        ("/healthz", web::get().to(system::healthz)),
-        ("/readyz", web::get().to(system::readyz)),
         ("/metrics", web::get().to(system::metrics)),
-        ("/openapi.yaml", web::get().to(system::openapi)),
+    ] {
+        cfg.service(get(path, handler).wrap(from_fn(ops::ops_call)));
+    }
+    for (path, handler) in [
         ("/demo", web::get().to(demo::page)),
         ("/demo/sessiond.js", web::get().to(demo::client)),
     ] {
-        cfg.service(
-            resource(path, path)
-                .route(handler)
-                .default_service(only("GET")),
-        );
+        cfg.service(get(path, handler).wrap(from_fn(ops::public_call)));
+    }
+    for (path, handler) in [
+        ("/healthz", web::get().to(system::healthz)),
+        ("/readyz", web::get().to(system::readyz)),
+        ("/openapi.yaml", web::get().to(system::openapi)),
+    ] {
+        cfg.service(get(path, handler));
     }
     cfg.default_service(web::to(|req: HttpRequest| async move {
         Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound(body::truncate(req.path(), 100)))

@@ -142,6 +142,34 @@ fn the_kubernetes_manifests_agree_with_the_binary() {
     let service = yaml("kubernetes/service.yaml");
     assert_eq!(service["spec"]["selector"], *labels);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], port_name);
+    // /metrics and the admin calls are on the ops port, which the public Service leaves off
+    // and the scrape annotations name.
+    let ops_listen = &env
+        .iter()
+        .find(|(n, _)| n == "SESSIOND_OPS_LISTEN")
+        .unwrap()
+        .1;
+    let ops_port = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ops")
+        .expect("the ops port is declared");
+    assert_eq!(
+        ops_port["containerPort"].as_u64(),
+        Some(port_of(ops_listen))
+    );
+    assert_ne!(port_of(ops_listen), port_of(listen));
+    let exposed = service["spec"]["ports"].as_array().unwrap();
+    assert!(
+        exposed.iter().all(|p| p["targetPort"] == port_name),
+        "only the public port is in the Service: {exposed:?}"
+    );
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        port_of(ops_listen).to_string()
+    );
     let pdb = yaml("kubernetes/pdb.yaml");
     assert_eq!(pdb["spec"]["selector"]["matchLabels"], *labels);
     let hpa = yaml("kubernetes/hpa.yaml");
@@ -191,6 +219,17 @@ fn the_compose_file_and_the_dockerfile_agree_with_the_binary() {
         let nginx = deploy("compose/nginx.conf");
         assert!(nginx.contains(&format!("sessiond-1:{}", port_of(listen))));
         assert!(nginx.contains(&format!("sessiond-2:{}", port_of(listen))));
+        // The ops address (metrics, admin calls) is neither proxied nor published.
+        let ops = port_of(env["SESSIOND_OPS_LISTEN"].as_str().unwrap());
+        assert_ne!(ops, port_of(listen));
+        assert!(
+            !nginx.contains(&format!(":{ops}")),
+            "nginx reaches no ops port"
+        );
+        assert!(
+            instance.get("ports").is_none(),
+            "an instance publishes no port"
+        );
     }
     let redis_command = compose["services"]["redis"]["command"].to_string();
     assert!(

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     ADMIN_TOKEN, SWEEP_BOUND, Store, TestApp, eventually, millis, new_client, spawn_app,
-    spawn_app_without_admin_token, spawn_instances, spawn_on_redis, wait_past, wait_until,
+    spawn_app_without_admin_token, spawn_instances, spawn_on_redis, spawn_with_ops_address,
+    wait_past, wait_until,
 };
 use crate::on_every_store;
 use crate::redis_server;
@@ -197,6 +198,50 @@ async fn a_retried_report_applies_once_through_any_instance(store: Store) {
         "{stats}"
     );
     assert_eq!(stats["errored"], 0, "{stats}");
+}
+
+/// CONTRACT 8: with an ops address (`--ops-listen`), /metrics and the admin calls answer
+/// there only; the public address answers them as unknown routes, and the session calls
+/// and the demo are the public address's alone. Health checks answer on both.
+#[tokio::test]
+async fn with_an_ops_address_metrics_and_admin_calls_are_served_there_only() {
+    let (public, ops) = spawn_with_ops_address("demo = true\n[namespaces.app]\n").await;
+    let session = public
+        .tick(json!({"namespace": "app", "client": new_client(), "attributes": {"user_id": "u-1"}}))
+        .await
+        .expect(200);
+    let mut ops_paths = admin_paths(&session).to_vec();
+    ops_paths.push("/metrics".to_owned());
+    for path in &ops_paths {
+        let hidden = public.get(path).await;
+        assert_eq!(
+            hidden.problem(404)["type"],
+            "urn:sessiond:problem:not-found",
+            "{path}"
+        );
+        assert!(!hidden.text.contains("u-1"), "{path}");
+        assert_eq!(ops.get(path).await.status, 200, "{path}");
+    }
+    assert!(
+        ops.get("/metrics")
+            .await
+            .text
+            .contains("sessiond_http_request_duration")
+    );
+    let ops_tick = ops
+        .tick(json!({"namespace": "app", "client": new_client()}))
+        .await;
+    assert_eq!(
+        ops_tick.problem(404)["type"],
+        "urn:sessiond:problem:not-found"
+    );
+    ops.get("/demo").await.problem(404);
+    for path in ["/healthz", "/readyz", "/openapi.yaml", "/demo"] {
+        assert_eq!(public.get(path).await.status, 200, "{path}");
+    }
+    for path in ["/healthz", "/readyz", "/openapi.yaml"] {
+        assert_eq!(ops.get(path).await.status, 200, "{path}");
+    }
 }
 
 /// CONTRACT 8: without a configured admin token, lookup, events and stats are off: 404 as an

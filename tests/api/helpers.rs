@@ -192,6 +192,25 @@ async fn spawn_with_admin(
     backend: Option<Backend>,
     admin: bool,
 ) -> TestApp {
+    spawn_listening(toml, sources, backend, admin, false)
+        .await
+        .0
+}
+
+/// An app in memory with an ops address (`--ops-listen`): its public address, and its ops
+/// address (the same app, reached there).
+pub async fn spawn_with_ops_address(toml: &str) -> (TestApp, TestApp) {
+    let (public, ops) = spawn_listening(toml, Sources::default(), None, true, true).await;
+    (public, ops.expect("an ops address was asked for"))
+}
+
+async fn spawn_listening(
+    toml: &str,
+    sources: Sources,
+    backend: Option<Backend>,
+    admin: bool,
+    ops: bool,
+) -> (TestApp, Option<TestApp>) {
     // The service's own logs, when asked for (SESSIOND_LOG=warn cargo test ... -- --nocapture).
     if std::env::var_os("SESSIOND_LOG").is_some() {
         sessiond::telemetry::init_logging(sessiond::config::LogFormat::Text);
@@ -201,13 +220,16 @@ async fn spawn_with_admin(
     if let Some(token) = admin_token {
         settings.admin_token = Some(token.into());
     }
+    if ops {
+        settings.ops_listen = Some("127.0.0.1:0".into());
+    }
     let app = Application::build_with(settings, sources)
         .await
         .expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
+    let (port, ops_port) = (app.port(), app.ops_port());
     tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
+    let reach = |port: u16| TestApp {
+        address: format!("http://127.0.0.1:{port}"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             // Below the server's keep-alive (5 s), so a pooled connection is never reused just
@@ -215,9 +237,10 @@ async fn spawn_with_admin(
             .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .unwrap(),
-        backend,
+        backend: backend.clone(),
         admin_token,
-    }
+    };
+    (reach(port), ops_port.map(reach))
 }
 
 /// Held by the tests that load the whole machine (cluster operations and primary kills under

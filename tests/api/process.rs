@@ -148,6 +148,29 @@ fn exchange(stream: &mut std::net::TcpStream, bytes: &[u8]) -> (String, String) 
 }
 
 #[test]
+fn ops_listen_serves_metrics_on_its_own_address_and_says_where() {
+    let mut started = Vec::new();
+    let app = Running::start(&["--ops-listen", "127.0.0.1:0"], &[], &mut started);
+    let said = started
+        .iter()
+        .find(|e| e["message"] == "/metrics and the admin calls are served on the ops address only")
+        .expect("the start log names the ops address");
+    let ops = said["ops"].as_str().unwrap().to_owned();
+    let status = |address: String| {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        let (head, _) = exchange(
+            &mut stream,
+            b"GET /metrics HTTP/1.1\r\nHost: sessiond\r\nConnection: close\r\n\r\n",
+        );
+        head[9..12].to_owned()
+    };
+    assert_eq!(status(ops), "200");
+    assert_eq!(status(format!("127.0.0.1:{}", app.port)), "404");
+    app.terminate();
+    assert_eq!(app.exit_code(), Some(0));
+}
+
+#[test]
 fn logs_are_json_and_carry_the_request_id_each_response_echoes() {
     let mut started = Vec::new();
     // A Redis nobody listens on: the call fails, and the warning is logged within the request.
