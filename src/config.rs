@@ -14,9 +14,9 @@ use std::num::NonZeroU32;
 use ipnet::IpNet;
 
 use crate::domain::namespace::DEFAULT_NAMESPACE;
-use crate::domain::{Mode, Namespace, OnUserChange, Policy};
+use crate::domain::{Attributes, Mode, Namespace, OnUserChange, Policy};
 use crate::limits::{LimitSettings, Rate};
-use crate::store::{Durability, Retention};
+use crate::store::{Durability, Retention, StatsNames};
 
 /// sessiond: the single authority for activity-session identifiers.
 #[derive(Debug, Parser)]
@@ -88,6 +88,13 @@ pub struct NamespaceSettings {
     pub policy: Policy,
     pub allowed_origins: Vec<String>,
     pub on_store_error: OnStoreError,
+    /// The most bytes (UTF-8) one attribute value may take, which bounds what a client
+    /// costs the store.
+    pub attribute_max_bytes: usize,
+}
+
+impl NamespaceSettings {
+    pub const DEFAULT_ATTRIBUTE_MAX_BYTES: usize = 128;
 }
 
 impl Default for NamespaceSettings {
@@ -96,6 +103,7 @@ impl Default for NamespaceSettings {
             policy: Policy::default(),
             allowed_origins: Vec::new(),
             on_store_error: OnStoreError::Reject,
+            attribute_max_bytes: Self::DEFAULT_ATTRIBUTE_MAX_BYTES,
         }
     }
 }
@@ -220,6 +228,8 @@ pub struct FileConfig {
     sweep_interval: Option<ConfigDuration>,
     stats_retention: Option<ConfigDuration>,
     events_max_len: Option<usize>,
+    stats_max_releases: Option<usize>,
+    stats_max_environments: Option<usize>,
     workers: Option<usize>,
     demo: Option<bool>,
     #[serde(default)]
@@ -320,6 +330,7 @@ struct NamespaceFile {
     #[serde(default)]
     allowed_origins: Vec<String>,
     on_store_error: Option<OnStoreError>,
+    attribute_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -419,7 +430,23 @@ impl Settings {
             session: file.session_retention.map_or(defaults.session, |d| d.0),
             stats: file.stats_retention.map_or(defaults.stats, |d| d.0),
             events: file.events_max_len.unwrap_or(defaults.events),
+            stats_names: StatsNames {
+                releases: file
+                    .stats_max_releases
+                    .unwrap_or(defaults.stats_names.releases),
+                environments: file
+                    .stats_max_environments
+                    .unwrap_or(defaults.stats_names.environments),
+            },
         };
+        for (key, cap) in [
+            ("stats_max_releases", retention.stats_names.releases),
+            ("stats_max_environments", retention.stats_names.environments),
+        ] {
+            if !(1..=10_000).contains(&cap) {
+                return Err(invalid(key, "must be between 1 and 10000"));
+            }
+        }
         if retention.stats < Duration::from_secs(3600) {
             return Err(invalid("stats_retention", "must be at least 1h"));
         }
@@ -596,6 +623,16 @@ impl NamespaceFile {
             }
         }
         let on_store_error = self.on_store_error.unwrap_or(OnStoreError::Reject);
+        let attribute_max_bytes = self
+            .attribute_max_bytes
+            .unwrap_or(NamespaceSettings::DEFAULT_ATTRIBUTE_MAX_BYTES);
+        // A value is at most Attributes::MAX_LEN characters of up to 4 bytes each anyway.
+        if !(1..=4 * Attributes::MAX_LEN).contains(&attribute_max_bytes) {
+            return Err(invalid(
+                format!("{key}.attribute_max_bytes"),
+                format!("must be 1 to {}", 4 * Attributes::MAX_LEN),
+            ));
+        }
         Ok(NamespaceSettings {
             policy: Policy {
                 idle_timeout_ms: idle.as_millis() as i64,
@@ -608,6 +645,7 @@ impl NamespaceFile {
             },
             allowed_origins: self.allowed_origins,
             on_store_error,
+            attribute_max_bytes,
         })
     }
 }

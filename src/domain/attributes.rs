@@ -42,6 +42,19 @@ impl Attributes {
         }
     }
 
+    /// The first value longer than `max_bytes` of UTF-8 (a namespace's budget), by name.
+    pub fn over_budget(&self, max_bytes: usize) -> Option<&'static str> {
+        [
+            ("release", &self.release),
+            ("environment", &self.environment),
+            ("platform", &self.platform),
+            ("user_id", &self.user_id),
+        ]
+        .into_iter()
+        .find(|(_, value)| value.as_ref().is_some_and(|v| v.len() > max_bytes))
+        .map(|(name, _)| name)
+    }
+
     /// Builds attributes, naming the first invalid field.
     pub fn parse(
         release: Option<String>,
@@ -84,6 +97,13 @@ mod tests {
         Attributes::parse(Some("é".repeat(256)), None, None, None).unwrap();
         let err = Attributes::parse(Some("é".repeat(257)), None, None, None).unwrap_err();
         assert_eq!(err, ("release", InvalidAttribute::TooLong));
+    }
+
+    #[test]
+    fn a_budget_counts_bytes_of_utf8() {
+        let attrs = Attributes::parse(None, Some("é".repeat(64)), None, Some("u".into())).unwrap();
+        assert_eq!(attrs.over_budget(128), None);
+        assert_eq!(attrs.over_budget(127), Some("environment"));
     }
 
     #[test]

@@ -5,13 +5,23 @@
 //! session started in (hours since the epoch) and KIND is one of:
 //! - `started`, and a final status (`exited`, `errored`, `abnormal`, `crashed`): counters;
 //! - `dK`: finalized sessions whose duration fell in quarter-octave bucket K;
-//! - `uUSER` and `xUSER`: user_id seen, and seen with a crashed session (set to 1).
+//! - `uUSER` and `xUSER`: user_id seen, and seen with a crashed session (set to 1). USER is
+//!   the first 16 hex digits of the SHA-1 of the user_id (what Redis scripts can compute), so
+//!   a user costs a few bytes however long the id; 64 bits keep distinct users distinct.
+//!
+//! RELEASE and ENVIRONMENT are written as the ordinal of the name in its day's hash ('' for
+//! none), so a counter costs a few bytes whatever the names' lengths. A day admits at most so
+//! many distinct names of each per namespace (per bucket on Redis): the names admitted are
+//! fields `\tNAMESPACE\tr\tNAME` (`e` for environments) whose value is the ordinal, with their
+//! number in `\tNAMESPACE\tr`. A session with a name past the cap counts under ordinal 0,
+//! [`OTHER`], from start to finalization. Those fields open with a tab, which no counter
+//! field does.
 //!
 //! Everything about a session counts in the hour it started, so within any window
 //! `sessions = active + exited + errored + abnormal + crashed`. Attribute values hold no
 //! control characters, so the tab cannot occur inside a part.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{SessionState, Status};
 
@@ -30,78 +40,115 @@ fn hour_of(session: &SessionState) -> i64 {
     session.started_at.div_euclid(HOUR_MS)
 }
 
+/// The day whose hash counts a session: the day it started.
+pub fn start_day(session: &SessionState) -> i64 {
+    day_of_hour(hour_of(session))
+}
+
+/// What a session whose release or environment came past its day's cap counts under.
+pub const OTHER: &str = "other";
+
+/// The ordinal a name past its day's cap is written as.
+pub const OTHER_ORDINAL: &str = "0";
+
+/// The fields of a day's hash that admit a name of a dimension (`r`elease or
+/// `e`nvironment): the name's own, holding its ordinal, and the dimension's count of names.
+pub fn name_fields(namespace: &str, dimension: char, name: &str) -> (String, String) {
+    (
+        format!("\t{namespace}\t{dimension}\t{name}"),
+        format!("\t{namespace}\t{dimension}"),
+    )
+}
+
+/// A session's release and environment as its day's counter fields write them: ordinals
+/// ('' for none, [`OTHER_ORDINAL`] past the cap).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub release: String,
+    pub environment: String,
+}
+
 pub fn day_of_hour(hour: i64) -> i64 {
     hour.div_euclid(24)
 }
 
-fn field(namespace: &str, session: &SessionState, kind: &str) -> String {
-    let a = &session.attributes;
+/// Where a session counts: its namespace, and its names as its day writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub namespace: &'a str,
+    pub names: &'a Counted,
+}
+
+fn field(at: Place<'_>, session: &SessionState, kind: &str) -> String {
     format!(
-        "{}\t{namespace}\t{}\t{}\t{kind}",
+        "{}\t{}\t{}\t{}\t{kind}",
         hour_of(session),
-        a.release.as_deref().unwrap_or(""),
-        a.environment.as_deref().unwrap_or("")
+        at.namespace,
+        at.names.release,
+        at.names.environment
     )
 }
 
-fn add(namespace: &str, session: &SessionState, kind: &str, by: i64) -> StatChange {
+fn add(at: Place<'_>, session: &SessionState, kind: &str, by: i64) -> StatChange {
     StatChange::Add {
-        day: day_of_hour(hour_of(session)),
-        field: field(namespace, session, kind),
+        day: start_day(session),
+        field: field(at, session, kind),
         by,
     }
 }
 
-fn mark(namespace: &str, session: &SessionState, kind: &str) -> StatChange {
+fn mark(at: Place<'_>, session: &SessionState, kind: &str) -> StatChange {
     StatChange::Mark {
-        day: day_of_hour(hour_of(session)),
-        field: field(namespace, session, kind),
+        day: start_day(session),
+        field: field(at, session, kind),
     }
 }
 
 /// The user fields a session's user contributes: seen, and crashed when the session is.
-pub fn user_marks(namespace: &str, session: &SessionState) -> Vec<StatChange> {
+pub fn user_marks(at: Place<'_>, session: &SessionState) -> Vec<StatChange> {
     let Some(user) = session.attributes.user_id.as_deref() else {
         return Vec::new();
     };
-    let mut marks = vec![mark(namespace, session, &format!("u{user}"))];
+    let user = user_digest(user);
+    let mut marks = vec![mark(at, session, &format!("u{user}"))];
     if session.status == Status::Crashed {
-        marks.push(mark(namespace, session, &format!("x{user}")));
+        marks.push(mark(at, session, &format!("x{user}")));
     }
     marks
 }
 
+/// How a user is written in stats fields.
+fn user_digest(user: &str) -> String {
+    use sha1::Digest;
+    hex::encode(&sha1::Sha1::digest(user.as_bytes())[..8])
+}
+
 /// A session started: counted once, with its user if it has one.
-pub fn on_started(namespace: &str, session: &SessionState) -> Vec<StatChange> {
-    let mut changes = vec![add(namespace, session, "started", 1)];
-    changes.extend(user_marks(namespace, session));
+pub fn on_started(at: Place<'_>, session: &SessionState) -> Vec<StatChange> {
+    let mut changes = vec![add(at, session, "started", 1)];
+    changes.extend(user_marks(at, session));
     changes
 }
 
 /// A session was finalized with its final status.
-pub fn on_finalized(namespace: &str, session: &SessionState) -> Vec<StatChange> {
+pub fn on_finalized(at: Place<'_>, session: &SessionState) -> Vec<StatChange> {
     let duration = session.last_activity_at - session.started_at;
     let mut changes = vec![
-        add(namespace, session, session.status.as_str(), 1),
-        add(
-            namespace,
-            session,
-            &format!("d{}", duration_bucket(duration)),
-            1,
-        ),
+        add(at, session, session.status.as_str(), 1),
+        add(at, session, &format!("d{}", duration_bucket(duration)), 1),
     ];
-    changes.extend(user_marks(namespace, session));
+    changes.extend(user_marks(at, session));
     changes
 }
 
 /// A finalized session's status moved from `before` to its current one.
-pub fn on_amended(namespace: &str, before: Status, session: &SessionState) -> Vec<StatChange> {
+pub fn on_amended(at: Place<'_>, before: Status, session: &SessionState) -> Vec<StatChange> {
     let mut changes = Vec::new();
     if before != session.status {
-        changes.push(add(namespace, session, before.as_str(), -1));
-        changes.push(add(namespace, session, session.status.as_str(), 1));
+        changes.push(add(at, session, before.as_str(), -1));
+        changes.push(add(at, session, session.status.as_str(), 1));
     }
-    changes.extend(user_marks(namespace, session));
+    changes.extend(user_marks(at, session));
     changes
 }
 
@@ -170,53 +217,70 @@ pub struct StatsSummary {
     pub duration_ms: Percentiles,
 }
 
-/// Adds up the fields of the window's day hashes that match the query.
-pub fn aggregate<'a>(
-    query: &StatsQuery,
-    fields: impl IntoIterator<Item = (&'a str, i64)>,
-) -> StatsSummary {
+/// Adds up the fields of the window's day hashes (each hash's fields apart, since ordinals
+/// name releases and environments within their hash) that match the query.
+pub fn aggregate<'a, H>(query: &StatsQuery, hashes: impl IntoIterator<Item = H>) -> StatsSummary
+where
+    H: IntoIterator<Item = (&'a str, i64)>,
+{
     let (mut sessions, mut exited, mut errored, mut crashed, mut abnormal) = (0, 0, 0, 0, 0);
     let mut users: HashSet<&str> = HashSet::new();
     let mut crashed_users: HashSet<&str> = HashSet::new();
     let mut durations: Vec<(u32, i64)> = Vec::new();
-    for (name, value) in fields {
-        let mut parts = name.splitn(5, '\t');
-        let (Some(hour), Some(ns), Some(release), Some(env), Some(kind)) = (
-            parts.next().and_then(|h| h.parse::<i64>().ok()),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            continue;
+    for hash in hashes {
+        let fields: Vec<(&str, i64)> = hash.into_iter().collect();
+        let names = admitted_names(&fields);
+        let name_of = |ns: &str, dimension: char, ordinal: &'a str| -> Option<&'a str> {
+            match ordinal {
+                "" => Some(""),
+                OTHER_ORDINAL => Some(OTHER),
+                _ => names.get(&(ns, dimension, ordinal.parse().ok()?)).copied(),
+            }
         };
-        let matches = (query.from_hour..query.to_hour).contains(&hour)
-            && ns == query.namespace
-            && query.release.as_deref().is_none_or(|r| r == release)
-            && query.environment.as_deref().is_none_or(|e| e == env);
-        if !matches {
-            continue;
-        }
-        match kind {
-            "started" => sessions += value,
-            "exited" => exited += value,
-            "errored" => errored += value,
-            "crashed" => crashed += value,
-            "abnormal" => abnormal += value,
-            _ => match kind.split_at(1) {
-                ("u", user) => {
-                    users.insert(user);
-                }
-                ("x", user) => {
-                    crashed_users.insert(user);
-                }
-                ("d", bucket) => {
-                    if let Ok(bucket) = bucket.parse() {
-                        durations.push((bucket, value));
+        for (name, value) in fields {
+            let mut parts = name.splitn(5, '\t');
+            let (Some(hour), Some(ns), Some(release), Some(env), Some(kind)) = (
+                parts.next().and_then(|h| h.parse::<i64>().ok()),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
+                continue;
+            };
+            let in_window =
+                (query.from_hour..query.to_hour).contains(&hour) && ns == query.namespace;
+            let (Some(release), Some(env)) = (name_of(ns, 'r', release), name_of(ns, 'e', env))
+            else {
+                continue;
+            };
+            let matches = in_window
+                && query.release.as_deref().is_none_or(|r| r == release)
+                && query.environment.as_deref().is_none_or(|e| e == env);
+            if !matches {
+                continue;
+            }
+            match kind {
+                "started" => sessions += value,
+                "exited" => exited += value,
+                "errored" => errored += value,
+                "crashed" => crashed += value,
+                "abnormal" => abnormal += value,
+                _ => match kind.split_at(1) {
+                    ("u", user) => {
+                        users.insert(user);
                     }
-                }
-                _ => {}
-            },
+                    ("x", user) => {
+                        crashed_users.insert(user);
+                    }
+                    ("d", bucket) => {
+                        if let Ok(bucket) = bucket.parse() {
+                            durations.push((bucket, value));
+                        }
+                    }
+                    _ => {}
+                },
+            }
         }
     }
     let ratio_free = |bad: usize, all: usize| (all > 0).then(|| 1.0 - bad as f64 / all as f64);
@@ -232,6 +296,23 @@ pub fn aggregate<'a>(
         crash_free_users: ratio_free(crashed_users.len(), users.len()),
         duration_ms: percentiles(durations),
     }
+}
+
+/// The names a day's hash admitted, by namespace, dimension and ordinal.
+fn admitted_names<'a>(fields: &[(&'a str, i64)]) -> HashMap<(&'a str, char, i64), &'a str> {
+    fields
+        .iter()
+        .filter_map(|&(field, ordinal)| {
+            let mut parts = field.strip_prefix('\t')?.splitn(3, '\t');
+            let (ns, dimension, name) = (parts.next()?, parts.next()?, parts.next()?);
+            let dimension = match dimension {
+                "r" => 'r',
+                "e" => 'e',
+                _ => return None,
+            };
+            Some(((ns, dimension, ordinal), name))
+        })
+        .collect()
 }
 
 fn percentiles(mut buckets: Vec<(u32, i64)>) -> Percentiles {
@@ -287,38 +368,59 @@ mod tests {
 
     #[test]
     fn aggregates_counters_users_and_rates_within_the_window() {
-        let fields = [
-            ("10\tweb\t1.0\tprod\tstarted", 3),
-            ("11\tweb\t1.1\tprod\tstarted", 1),
-            ("10\tweb\t1.0\tprod\texited", 1),
-            ("10\tweb\t1.0\tprod\tcrashed", 1),
-            ("10\tweb\t1.0\tprod\tuann", 1),
-            ("11\tweb\t1.1\tprod\tuann", 1),
-            ("11\tweb\t1.1\tprod\tubob", 1),
-            ("11\tweb\t1.1\tprod\txbob", 1),
-            ("10\tweb\t1.0\tprod\td5", 2),
+        // Two buckets' hashes of one day: ordinals are each hash's own.
+        let first = [
+            ("\tweb\tr\t1.0", 1),
+            ("\tweb\tr\t1.1", 2),
+            ("\tweb\tr", 2),
+            ("\tweb\te\tprod", 1),
+            ("10\tweb\t1\t1\tstarted", 2),
+            ("11\tweb\t2\t1\tstarted", 1),
+            ("10\tweb\t1\t1\texited", 1),
+            ("10\tweb\t1\t1\tcrashed", 1),
+            ("10\tweb\t1\t1\tuann", 1),
+            ("11\tweb\t2\t1\tuann", 1),
+            ("11\tweb\t2\t1\tubob", 1),
+            ("11\tweb\t2\t1\txbob", 1),
+            ("10\tweb\t1\t1\td5", 2),
             // Outside the window, or another namespace: ignored.
-            ("12\tweb\t1.0\tprod\tstarted", 9),
-            ("10\tapp\t1.0\tprod\tstarted", 9),
+            ("12\tweb\t1\t1\tstarted", 9),
+            ("10\tapp\t1\t1\tstarted", 9),
         ];
-        let s = aggregate(&query(), fields);
-        assert_eq!(s.sessions, 4);
-        assert_eq!(s.active, 2);
+        let second = [
+            ("\tweb\tr\t1.0", 1),
+            ("\tweb\te\tprod", 1),
+            ("10\tweb\t1\t1\tstarted", 1),
+            // Past the day's cap of names: counted as other.
+            ("10\tweb\t0\t1\tstarted", 4),
+        ];
+        let s = aggregate(
+            &query(),
+            [&first[..], &second[..]].map(|h| h.iter().copied()),
+        );
+        assert_eq!(s.sessions, 8);
+        assert_eq!(s.active, 6);
         assert_eq!((s.exited, s.crashed), (1, 1));
-        assert_eq!(s.crash_free_sessions, Some(0.75));
+        assert_eq!(s.crash_free_sessions, Some(0.875));
         assert_eq!(s.users, 2);
         assert_eq!(s.crash_free_users, Some(0.5));
         assert_eq!(s.duration_ms.p50, Some(bucket_middle(5)));
-        let only_1_0 = StatsQuery {
-            release: Some("1.0".into()),
-            ..query()
+        let of_release = |release: &str| {
+            let query = StatsQuery {
+                release: Some(release.into()),
+                ..query()
+            };
+            aggregate(&query, [&first[..], &second[..]].map(|h| h.iter().copied())).sessions
         };
-        assert_eq!(aggregate(&only_1_0, fields).sessions, 3);
+        assert_eq!(
+            (of_release("1.0"), of_release("1.1"), of_release(OTHER)),
+            (3, 1, 4)
+        );
     }
 
     #[test]
     fn an_empty_window_has_no_rates() {
-        let s = aggregate(&query(), []);
+        let s = aggregate(&query(), std::iter::empty::<[(&str, i64); 0]>());
         assert_eq!(s.sessions, 0);
         assert_eq!(s.crash_free_sessions, None);
         assert_eq!(s.duration_ms.p50, None);

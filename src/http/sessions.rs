@@ -271,6 +271,15 @@ impl AppState {
             .get_key_value(raw_ns)
             .ok_or_else(|| ApiError::UnknownNamespace(truncate(raw_ns, 64)))?;
         cors::check(req, settings)?;
+        if let Some(name) = attributes.over_budget(settings.attribute_max_bytes) {
+            return Err(ApiError::invalid(
+                format!("{prefix}attributes.{name}"),
+                format!(
+                    "is longer than {} bytes of UTF-8 (the namespace's attribute_max_bytes)",
+                    settings.attribute_max_bytes
+                ),
+            ));
+        }
         Ok(ParsedCall {
             command: Command {
                 namespace: namespace.clone(),
@@ -356,6 +365,7 @@ impl AppState {
                 created,
                 now,
                 finalized,
+                counted_as_other,
             } => {
                 if call.by_admin {
                     session.attributes = Attributes::default();
@@ -366,6 +376,9 @@ impl AppState {
                 }
                 if created {
                     self.metrics.count_created(namespace, session.reason);
+                }
+                if counted_as_other {
+                    self.metrics.count_stats_other(namespace);
                 }
                 if let Some(place) = call.place {
                     place.settle(created && session.reason == Reason::NewClient);

@@ -15,7 +15,7 @@
 --       id, release, environment, platform, report errors, report crashed, report id digest
 --       (decide.lua's meanings); without them, all are at their defaults.
 -- Returns {now, reply per call}: a call the hot path decided on this clock is its session
--- record alone; any other is decide()'s reply, or {'skip', now, '', 0, ''}.
+-- record alone; any other is decide()'s reply, or {'skip', now, '', 0, '', ''}.
 -- By the op's byte, as string.byte reads it.
 local OPS = {[99] = 'current', [116] = 'tick', [102] = 'foreground', [98] = 'background',
              [101] = 'end', [114] = 'report'}
@@ -44,14 +44,14 @@ for n = 1, #KEYS - 1 do
   end
   local reply
   if waiting[member] then
-    reply = {'skip', now, '', 0, ''}
+    reply = {'skip', now, '', 0, '', ''}
   else
     local user_given, idle, max, inactivity = r[1], policy.idle, policy.max, policy.inactivity
     -- @fast
     if fast_raw and fast_at == now then
       reply = fast_raw
     elseif fast_raw then
-      reply = {'s', fast_at, fast_raw, 0, ''}
+      reply = {'s', fast_at, fast_raw, 0, '', ''}
     else
       local prefix = string.match(key, '^(.*}:)r:')
       reply = decide({key, prefix .. 'a:' .. member, prefix .. 'c:' .. member}, {

@@ -12,9 +12,10 @@
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
 --       candidate, release, environment, platform, user_id ('' when not given),
 --       stats_retention_ms, events_max, report errors, report crashed, report id digest
--- decide(KEYS, ARGV) returns {kind, now, session_record, pointer_expires_at, finalized}; kind is
--- s(ession), need(s an id), nolive or unknown; finalized is the final status of the session the
--- call finalized, or ''. pointer_expires_at > 0 asks the caller to extend the id's
+-- decide(KEYS, ARGV) returns {kind, now, session_record, pointer_expires_at, finalized, other};
+-- kind is s(ession), need(s an id), nolive or unknown; finalized is the final status of the
+-- session the call finalized, or ''; other is '1' when the session the call started counts as
+-- 'other' in stats (lib.lua's counted_name()), else ''. pointer_expires_at > 0 asks the caller to extend the id's
 -- pointer.
 
 local function decide(KEYS, ARGV)
@@ -46,14 +47,15 @@ local function decide(KEYS, ARGV)
   local s = raw and unpack_record(raw)
   if s and now >= record_expires(s, P, client_ret, session_ret) then raw, s = false, nil end
 
-  -- The final status of the session this call finalized, if it did (for metrics).
-  local finalized = ''
+  -- The final status of the session this call finalized, if it did, and whether the session
+  -- it started counts as 'other' in stats (for metrics).
+  local finalized, counted_other = '', ''
   local function finalize_now(x, ended, end_status)
     if finalize(H, x, ended, end_status) then finalized = x.st end
   end
 
   local function reply(kind, x, pointer)
-    return {kind, now, x or '', pointer or 0, finalized}
+    return {kind, now, x or '', pointer or 0, finalized, counted_other}
   end
 
   -- Saves the current session; returns its record and the pointer expiry to extend, if due.
@@ -101,7 +103,9 @@ local function decide(KEYS, ARGV)
     local x = {s = candidate, i = prev and prev.i + 1 or 1, p = prev and prev.s or nil,
                t0 = now, t = now, st = 'ok', r = reason, a = attrs, px = 0}
     event(H, 'started', x)
+    H.other = nil
     stat(H, x, 'started', 1)
+    if H.other then counted_other = '1' end
     user_marks(H, x)
     schedule(H.prefix, member, next_look(x, P, client_ret, session_ret))
     local record = save(x)

@@ -172,13 +172,36 @@ local function duration_bucket(ms)
   return 1 + 4 * e + math.floor(ms * 4 / p) - 4
 end
 
+-- How a session's release or environment (dimension 'r' or 'e') is written in the counter
+-- fields of the stats hash `key` of its start day: '' for none, the name's ordinal once
+-- admitted to the day, or while the namespace's day has admitted fewer than `cap`, else '0'
+-- for other (and H.other is set). domain::stats says how the admitted names are kept;
+-- STATS_MAX_* come from the store's configuration, put before this file.
+local function counted_name(H, key, dimension, name, cap)
+  if not name then return '' end
+  local marker = '\t' .. H.ns .. '\t' .. dimension .. '\t' .. name
+  local ordinal = redis.call('HGET', key, marker)
+  if ordinal then return ordinal end
+  local count = '\t' .. H.ns .. '\t' .. dimension
+  local admitted = tonumber(redis.call('HGET', key, count) or 0)
+  if admitted >= cap then
+    H.other = true
+    return '0'
+  end
+  redis.call('HSET', key, marker, admitted + 1, count, admitted + 1)
+  return tostring(admitted + 1)
+end
+
 -- Adds `by` to a stats counter of x's start hour, or sets a membership field when by is nil.
 local function stat(H, x, kind, by)
   local hour = math.floor(x.t0 / HOUR)
   local day = math.floor(hour / 24)
   local key = H.prefix .. 's:' .. day
-  local field = hour .. '\t' .. H.ns .. '\t' .. (x.a.release or '') .. '\t' ..
-    (x.a.environment or '') .. '\t' .. kind
+  if not x.sr then
+    x.sr = counted_name(H, key, 'r', x.a.release, STATS_MAX_RELEASES)
+    x.se = counted_name(H, key, 'e', x.a.environment, STATS_MAX_ENVIRONMENTS)
+  end
+  local field = hour .. '\t' .. H.ns .. '\t' .. x.sr .. '\t' .. x.se .. '\t' .. kind
   if by then redis.call('HINCRBY', key, field, by) else redis.call('HSET', key, field, 1) end
   redis.call('PEXPIREAT', key, (day + 1) * 24 * HOUR + H.stats_ret)
 end
@@ -186,6 +209,8 @@ end
 local function user_marks(H, x)
   local user = x.a.user_id
   if not user then return end
+  -- As domain::stats writes users: the first 16 hex digits of the id's SHA-1.
+  user = string.sub(redis.sha1hex(user), 1, 16)
   stat(H, x, 'u' .. user)
   if x.st == 'crashed' then stat(H, x, 'x' .. user) end
 end

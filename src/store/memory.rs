@@ -9,8 +9,8 @@ use parking_lot::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError, Swept,
-    policy_of,
+    Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StatsNames, StoreError,
+    Swept, policy_of,
 };
 use crate::domain::decision::{
     BackgroundChange, Sweep, apply_update, deadline, effective_now, end, ended_at, finalize,
@@ -131,6 +131,7 @@ struct Keyspace {
     due: DueIndex,
     events: EventLog,
     stats: HashMap<i64, HashMap<String, i64>>,
+    stats_names: StatsNames,
 }
 
 /// Sets a client record's expiry, as a Redis key's TTL is set on every save. The expiry index
@@ -163,7 +164,7 @@ const PURGE_PER_CALL: usize = 32;
 const SWEEP_LIMIT: usize = 10_000;
 
 impl Keyspace {
-    fn new(events: usize) -> Self {
+    fn new(events: usize, stats_names: StatsNames) -> Self {
         Self {
             clients: FastMap::default(),
             archives: FastMap::default(),
@@ -176,6 +177,7 @@ impl Keyspace {
                 last: EventId::default(),
             },
             stats: HashMap::new(),
+            stats_names,
         }
     }
 
@@ -310,7 +312,48 @@ impl Keyspace {
         }
     }
 
-    fn count(&mut self, changes: Vec<StatChange>) {
+    /// Counts a session in its start day's stats: the `changes` its place there gives (its
+    /// names admitted to the day, or `other` past the day's caps: `domain::stats`); returns
+    /// whether a name came past its cap.
+    fn count(
+        &mut self,
+        ns: &str,
+        session: &SessionState,
+        changes: impl FnOnce(stats::Place<'_>) -> Vec<StatChange>,
+    ) -> bool {
+        let names = self.stats_names;
+        let fields = self.stats.entry(stats::start_day(session)).or_default();
+        let mut other = false;
+        let mut admit = |dimension: char, name: &Option<String>, cap: usize| {
+            let Some(name) = name.as_deref() else {
+                return String::new();
+            };
+            let (marker, count) = stats::name_fields(ns, dimension, name);
+            if let Some(ordinal) = fields.get(&marker) {
+                return ordinal.to_string();
+            }
+            let admitted = fields.entry(count).or_default();
+            if *admitted >= cap as i64 {
+                other = true;
+                return stats::OTHER_ORDINAL.to_owned();
+            }
+            *admitted += 1;
+            let ordinal = *admitted;
+            fields.insert(marker, ordinal);
+            ordinal.to_string()
+        };
+        let counted = stats::Counted {
+            release: admit('r', &session.attributes.release, names.releases),
+            environment: admit('e', &session.attributes.environment, names.environments),
+        };
+        self.apply(changes(stats::Place {
+            namespace: ns,
+            names: &counted,
+        }));
+        other
+    }
+
+    fn apply(&mut self, changes: Vec<StatChange>) {
         for change in changes {
             match change {
                 StatChange::Add { day, field, by } => {
@@ -324,17 +367,18 @@ impl Keyspace {
     }
 
     /// A session started: its event, and the stats that count it.
-    fn started(&mut self, ns: &str, session: &SessionState, now: i64) {
+    /// Returns whether it counts as `other` (see `count`).
+    fn started(&mut self, ns: &str, session: &SessionState, now: i64) -> bool {
         self.events
             .push(Event::new(EventKind::Started, ns, session, None), now);
-        self.count(stats::on_started(ns, session));
+        self.count(ns, session, |at| stats::on_started(at, session))
     }
 
     /// A session was finalized (once): its `ended` event, and the stats of its final status.
     fn ended(&mut self, ns: &str, session: &SessionState, ended_at: i64, now: i64) {
         let event = Event::new(EventKind::Ended, ns, session, Some(ended_at));
         self.events.push(event, now);
-        self.count(stats::on_finalized(ns, session));
+        self.count(ns, session, |at| stats::on_finalized(at, session));
     }
 
     /// A finalized session's status was amended from `before`: its event, and the stats
@@ -342,7 +386,7 @@ impl Keyspace {
     fn amended(&mut self, ns: &str, before: Status, session: &SessionState, now: i64) {
         let event = Event::new(EventKind::Amended, ns, session, session.ended_at);
         self.events.push(event, now);
-        self.count(stats::on_amended(ns, before, session));
+        self.count(ns, session, |at| stats::on_amended(at, before, session));
     }
 
     /// Drops the stats of days past retention.
@@ -363,7 +407,7 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, ids: Arc<dyn IdSource>, retention: Retention) -> Self {
         Self {
-            keyspace: Mutex::new(Keyspace::new(retention.events)),
+            keyspace: Mutex::new(Keyspace::new(retention.events, retention.stats_names)),
             clock,
             ids,
             retention,
@@ -412,6 +456,7 @@ impl MemoryStore {
                 created,
                 now,
                 finalized,
+                counted_as_other: false,
             };
         // Most calls keep or update a live session: done in place, with one copy for the answer.
         match decision {
@@ -437,7 +482,7 @@ impl MemoryStore {
                     ks.due.set_earlier(&tag, at);
                 }
                 if changed && update.bind_user {
-                    ks.count(stats::user_marks(ns, &s));
+                    ks.count(ns, &s, |at| stats::user_marks(at, &s));
                 }
                 return answer(s, false, None);
             }
@@ -479,7 +524,9 @@ impl MemoryStore {
                 let changed = report.apply(&mut s);
                 let mut finalized_now = None;
                 match effect {
-                    ReportEffect::Live => ks.count(stats::user_marks(ns, &s)),
+                    ReportEffect::Live => {
+                        ks.count(ns, &s, |at| stats::user_marks(at, &s));
+                    }
                     ReportEffect::Finalize => {
                         finalize(&mut s);
                         ks.ended(ns, &s, ended_at(&s, policy, now), now);
@@ -518,12 +565,18 @@ impl MemoryStore {
                     ks.archive(&tag, done, now, session_ms);
                 }
                 let s = started(id, previous.as_ref(), reason, cmd.attributes.clone(), now);
-                ks.started(ns, &s, now);
+                let counted_as_other = ks.started(ns, &s, now);
                 if let Some((at, _)) = deadline(&s, policy) {
                     ks.due.set(&tag, at);
                 }
                 ks.save_current(&tag, s.clone(), keep_until(&s));
-                answer(s, true, finalized_now)
+                Outcome::Session {
+                    session: s,
+                    created: true,
+                    now,
+                    finalized: finalized_now,
+                    counted_as_other,
+                }
             }
             // Keep and update are answered above; the table never ends or reports a session
             // that is not there.
@@ -611,7 +664,7 @@ impl SessionStore for MemoryStore {
         let days = query.days().filter_map(|day| ks.stats.get(&day));
         Ok(stats::aggregate(
             query,
-            days.flat_map(|fields| fields.iter().map(|(f, n)| (f.as_str(), *n))),
+            days.map(|fields| fields.iter().map(|(f, n)| (f.as_str(), *n))),
         ))
     }
 

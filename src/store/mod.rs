@@ -33,6 +33,16 @@ pub struct Retention {
     pub stats: Duration,
     /// About this many lifecycle events are kept, the oldest dropped first.
     pub events: usize,
+    /// How many distinct releases and environments a namespace's stats count per day (per
+    /// bucket on Redis); sessions of any others count as `other`.
+    pub stats_names: StatsNames,
+}
+
+/// The caps on distinct names in a day's stats (`domain::stats::counted_name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsNames {
+    pub releases: usize,
+    pub environments: usize,
 }
 
 impl Retention {
@@ -56,6 +66,10 @@ impl Default for Retention {
             session: Duration::from_secs(24 * 3600),
             stats: Duration::from_secs(90 * 24 * 3600),
             events: 100_000,
+            stats_names: StatsNames {
+                releases: 20,
+                environments: 10,
+            },
         }
     }
 }
@@ -96,6 +110,9 @@ pub enum Outcome {
         created: bool,
         now: i64,
         finalized: Option<Status>,
+        /// The session it created counts as `other` in stats: its release or environment
+        /// came past its day's cap (`Retention::stats_names`).
+        counted_as_other: bool,
     },
     /// The call must not create and there is no live session.
     NoLiveSession,

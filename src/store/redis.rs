@@ -54,8 +54,8 @@ use serde::de::IntoDeserializer;
 use super::cluster::ClusterRouter;
 use super::record;
 use super::{
-    Command, Durability, Finalized, Found, Outcome, Policies, Retention, SessionStore, StoreError,
-    Swept,
+    Command, Durability, Finalized, Found, Outcome, Policies, Retention, SessionStore, StatsNames,
+    StoreError, Swept,
 };
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
@@ -159,6 +159,18 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// A script of lib.lua's users: hot.lua, the caps on stats names lib.lua reads, lib.lua, then
+/// `tail`.
+fn with_lib(names: &StatsNames, tail: &str) -> String {
+    format!(
+        "#!lua\n{}local STATS_MAX_RELEASES, STATS_MAX_ENVIRONMENTS = {}, {}\n{}{tail}",
+        include_str!("hot.lua"),
+        names.releases,
+        names.environments,
+        include_str!("lib.lua"),
+    )
+}
+
 /// A script with the hot decision (fast.lua) put in place of its `-- @fast` line.
 fn with_fast(source: &str) -> Script {
     Script::new(&source.replacen("-- @fast\n", include_str!("fast.lua"), 1))
@@ -179,6 +191,8 @@ enum Reply {
         extend_pointer_to: i64,
         /// The final status of the session the call finalized, if any.
         finalized: Option<Status>,
+        /// The session the call started counts as `other` in stats.
+        counted_as_other: bool,
     },
     NeedId,
     /// A batch call held back behind an earlier call of its client that needs an id.
@@ -207,6 +221,7 @@ impl RedisStore {
             threads,
             durability,
         } = *options;
+        let names = retention.stats_names;
         // Bounded connection and response times, and a short reconnect backoff, so a call
         // during an outage or a failover fails within the store timeout and recovery is quick.
         let config = ConnectionManagerConfig::new()
@@ -256,32 +271,16 @@ impl RedisStore {
                 include_str!("hot.lua"),
                 include_str!("tick.lua")
             )),
-            session_script: Script::new(concat!(
-                "#!lua\n",
-                include_str!("hot.lua"),
-                include_str!("lib.lua"),
-                include_str!("decide.lua"),
-                include_str!("session.lua")
+            session_script: Script::new(&with_lib(
+                &names,
+                concat!(include_str!("decide.lua"), include_str!("session.lua")),
             )),
-            batch_script: with_fast(concat!(
-                "#!lua\n",
-                include_str!("hot.lua"),
-                include_str!("lib.lua"),
-                include_str!("decide.lua"),
-                include_str!("batch.lua")
+            batch_script: with_fast(&with_lib(
+                &names,
+                concat!(include_str!("decide.lua"), include_str!("batch.lua")),
             )),
-            sweep_script: Script::new(concat!(
-                "#!lua\n",
-                include_str!("hot.lua"),
-                include_str!("lib.lua"),
-                include_str!("sweep.lua")
-            )),
-            find_script: Script::new(concat!(
-                "#!lua\n",
-                include_str!("hot.lua"),
-                include_str!("lib.lua"),
-                include_str!("find.lua")
-            )),
+            sweep_script: Script::new(&with_lib(&names, include_str!("sweep.lua"))),
+            find_script: Script::new(&with_lib(&names, include_str!("find.lua"))),
             events_script: Script::new(include_str!("events.lua")),
             pointer_script: Script::new(include_str!("pointer.lua")),
         })
@@ -539,6 +538,7 @@ impl RedisStore {
                 now,
                 extend_pointer_to,
                 finalized,
+                counted_as_other,
             } => {
                 let session = parse_session(&record)?;
                 if extend_pointer_to > 0 {
@@ -552,6 +552,7 @@ impl RedisStore {
                     created,
                     now,
                     finalized,
+                    counted_as_other,
                 }
             }
             Reply::NoLive => Outcome::NoLiveSession,
@@ -932,8 +933,7 @@ impl SessionStore for RedisStore {
             hashes
                 .iter()
                 .flatten()
-                .flatten()
-                .map(|(field, n)| (field.as_str(), *n)),
+                .map(|hash| hash.iter().map(|(field, n)| (field.as_str(), *n))),
         ))
     }
 
@@ -1211,9 +1211,15 @@ fn classify(e: RedisError) -> StoreError {
 }
 
 fn parse_reply(value: Value) -> Result<Reply, StoreError> {
-    let (kind, now, record, pointer, finalized): (String, i64, Vec<u8>, i64, String) =
-        redis::from_redis_value(value)
-            .map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))?;
+    let (kind, now, record, pointer, finalized, other): (
+        String,
+        i64,
+        Vec<u8>,
+        i64,
+        String,
+        String,
+    ) = redis::from_redis_value(value)
+        .map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))?;
     Ok(match kind.as_str() {
         "s" => Reply::Session {
             record,
@@ -1225,6 +1231,7 @@ fn parse_reply(value: Value) -> Result<Reply, StoreError> {
                     |e: serde::de::value::Error| StoreError::Corrupt(format!("final status: {e}")),
                 )?),
             },
+            counted_as_other: other == "1",
         },
         "need" => Reply::NeedId,
         "skip" => Reply::Skipped,
@@ -1245,6 +1252,7 @@ fn parse_hot_reply(value: Value) -> Result<Reply, StoreError> {
                 now,
                 extend_pointer_to: 0,
                 finalized: None,
+                counted_as_other: false,
             }),
             _ => Err(StoreError::Corrupt(
                 "hot script reply: not {now, record}".into(),
@@ -1274,6 +1282,7 @@ fn parse_batch_replies(value: Value) -> Result<Vec<Result<Reply, StoreError>>, S
                 now,
                 extend_pointer_to: 0,
                 finalized: None,
+                counted_as_other: false,
             }),
             other => parse_reply(other),
         })

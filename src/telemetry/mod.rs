@@ -181,6 +181,7 @@ pub struct Metrics {
     pub request_duration: Family<RequestLabels, DurationHistogram>,
     pub sessions_created: Family<CreatedLabels, Counter>,
     pub provisional_sessions: Family<NamespaceLabels, Counter>,
+    pub stats_other_sessions: Family<NamespaceLabels, Counter>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub store_call_duration: Family<StoreCallLabels, DurationHistogram>,
     pub store_up: Gauge,
@@ -222,6 +223,12 @@ impl Metrics {
             "provisional_sessions",
             "Provisional sessions answered while the store was unreachable",
             provisional_sessions.clone(),
+        );
+        let stats_other_sessions = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "stats_other_sessions",
+            "Sessions started that stats count under the release or environment `other`, since their day had as many distinct ones as stats_max_releases or stats_max_environments allow",
+            stats_other_sessions.clone(),
         );
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         registry.register(
@@ -269,6 +276,7 @@ impl Metrics {
             request_duration,
             sessions_created,
             provisional_sessions,
+            stats_other_sessions,
             store_errors,
             store_call_duration,
             store_up,
@@ -323,6 +331,14 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    pub fn count_stats_other(&self, namespace: &str) {
+        self.stats_other_sessions
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.to_owned(),
+            })
+            .inc();
     }
 
     pub fn count_created(&self, namespace: &str, reason: Reason) {

@@ -185,6 +185,21 @@ async fn every_class_of_bad_input_gets_its_problem_and_changes_nothing(store: St
             Some("body"),
         ),
         (
+            tick,
+            with(json!({"attributes": {"release": "r".repeat(129)}})),
+            400,
+            "invalid-field",
+            Some("attributes.release"),
+        ),
+        (
+            tick,
+            // 43 three-byte characters: 129 bytes, over the default budget of 128.
+            with(json!({"attributes": {"user_id": "€".repeat(43)}})),
+            400,
+            "invalid-field",
+            Some("attributes.user_id"),
+        ),
+        (
             "/v1/sessions/report",
             with(json!({"errors": 1, "report_id": "too-short"})),
             400,

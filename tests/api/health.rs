@@ -74,13 +74,19 @@ fn id(session: &Value) -> &str {
 
 /// Stats of the app namespace for one release, over the hours around now.
 async fn stats_of(app: &TestApp, release: &str) -> Value {
+    stats_where(app, &format!("release={release}")).await
+}
+
+/// Stats of the app namespace narrowed by `filter` (`release=R`, `environment=E`, or both
+/// joined by `&`), over the hours around now.
+async fn stats_where(app: &TestApp, filter: &str) -> Value {
     let now = time::OffsetDateTime::now_utc();
     let fmt = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     };
     let path = format!(
-        "/v1/stats?namespace=app&release={release}&from={}&to={}",
+        "/v1/stats?namespace=app&{filter}&from={}&to={}",
         fmt(now - time::Duration::hours(1)),
         fmt(now + time::Duration::hours(1))
     );
@@ -115,7 +121,54 @@ on_every_store!(
     only_the_owners_key_or_the_admin_token_reports_on_a_session,
     admin_calls_are_off_without_an_admin_token,
     a_retried_report_applies_once_through_any_instance,
+    a_day_counts_its_capped_number_of_releases_and_environments_and_the_rest_as_other,
 );
+
+/// A day's stats count at most `stats_max_releases` distinct releases and
+/// `stats_max_environments` environments of a namespace (per client bucket on Redis: one
+/// client here). Sessions of any others count as `other`, from start to finalization, and
+/// `sessiond_stats_other_sessions_total` counts them.
+async fn a_day_counts_its_capped_number_of_releases_and_environments_and_the_rest_as_other(
+    store: Store,
+) {
+    let app = spawn_app(
+        store,
+        &config("stats_max_releases = 2\nstats_max_environments = 1"),
+    )
+    .await;
+    let client = new_client();
+    let tag = &new_client()[..8];
+    let releases: Vec<String> = (1..=4).map(|n| format!("{tag}-{n}")).collect();
+    let environments = ["production", "production", "production", "staging"];
+    for (release, environment) in releases.iter().zip(environments) {
+        let attributes = json!({"release": release, "environment": environment});
+        app.tick(json!({"namespace": "app", "client": client, "attributes": attributes}))
+            .await
+            .expect(200);
+        app.end(json!({"namespace": "app", "client": client}))
+            .await
+            .expect(200);
+    }
+    for (release, sessions) in [(&releases[0], 1), (&releases[1], 1), (&releases[2], 0)] {
+        let stats = stats_of(&app, release).await;
+        assert_eq!(stats["sessions"], sessions, "{release}: {stats}");
+    }
+    let other = stats_of(&app, "other").await;
+    assert_eq!(
+        (other["sessions"].as_u64(), other["exited"].as_u64()),
+        (Some(2), Some(2)),
+        "{other}"
+    );
+    let production = stats_where(&app, "environment=production").await;
+    assert_eq!(production["sessions"], 3, "{production}");
+    let staging = stats_where(&app, "environment=staging").await;
+    assert_eq!(staging["sessions"], 0, "{staging}");
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains("sessiond_stats_other_sessions_total{namespace=\"app\"} 2"),
+        "{metrics}"
+    );
+}
 
 /// CONTRACT 8: the same `report_id` on a session applies once, however often and through
 /// however many instances it is sent, concurrently or after the session ended; a repeat

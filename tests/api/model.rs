@@ -656,6 +656,7 @@ impl Run {
                     created: got_created,
                     now,
                     finalized: got_finalized,
+                    ..
                 },
             ) => {
                 let s = session.clone();

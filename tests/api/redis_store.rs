@@ -356,3 +356,86 @@ async fn the_sweeper_drops_records_past_client_retention() {
     .await;
     assert!(dropped, "records hashes and wake entries are gone");
 }
+
+/// The Redis bytes one client costs with the default budgets (README, "Storage per client"),
+/// each key's MEMORY USAGE summed over every key the clients wrote but the event streams
+/// (`events_max_len` bounds them for the whole deployment). Every client is as costly as the
+/// defaults allow: each attribute value at the 128-byte budget, its own user and platform, a
+/// release and environment among the day's caps, eight crash reports by report_id, and its
+/// session ended. 1,000 such clients share no records hash, so each pays a hash of its own.
+#[tokio::test]
+async fn the_costliest_client_the_defaults_allow_keeps_under_2_kb_of_redis() {
+    const CLIENTS: usize = 1_000;
+    let redis = std::sync::Arc::new(redis_server::RedisServer::start());
+    let app = spawn_on_redis("[namespaces.web]\n", redis.clone()).await;
+    let mut con = redis.connection().await;
+    // 128 bytes each: 40 three-byte characters, then 8 of one byte.
+    let value = |tag: &str, n: usize| format!("{}{tag}{n:07}", "€".repeat(40));
+    let clients: Vec<String> = (0..CLIENTS).map(|_| new_client()).collect();
+    let attributes = |n: usize| {
+        json!({
+            "release": value("r", n % 20),
+            "environment": value("e", n % 10),
+            "platform": value("p", n),
+            "user_id": value("u", n),
+        })
+    };
+    for n in 0..CLIENTS {
+        assert_eq!(attributes(n)["user_id"].as_str().unwrap().len(), 128);
+    }
+    let usage = |mut con: redis::aio::MultiplexedConnection| async move {
+        let keys: Vec<String> = con.keys("sd:*").await.unwrap();
+        let mut bytes = 0u64;
+        let mut groups = std::collections::BTreeMap::new();
+        for key in keys.iter().filter(|k| !k.ends_with(":ev")) {
+            let used: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            bytes += used.unwrap_or(0);
+            let kind = key.split(':').nth(2).unwrap_or("").to_owned();
+            *groups.entry(kind).or_insert(0u64) += used.unwrap_or(0);
+        }
+        println!("{groups:?} over {} keys", keys.len());
+        bytes
+    };
+    for (chunk, names) in clients.chunks(10).enumerate() {
+        let mut ops = Vec::new();
+        for (k, client) in names.iter().enumerate() {
+            let n = chunk * 10 + k;
+            ops.push(json!({"op": "tick", "namespace": "web", "client": client,
+                            "attributes": attributes(n)}));
+            for r in 0..8 {
+                let report_id = format!("{n:06}-{r:02}-{}", "x".repeat(54));
+                ops.push(json!({"op": "report", "namespace": "web", "client": client,
+                                "errors": 1000, "crashed": true, "report_id": report_id}));
+            }
+            ops.push(json!({"op": "end", "namespace": "web", "client": client}));
+        }
+        let answers = app.batch(json!(ops)).await.expect(200);
+        for result in answers["results"].as_array().unwrap() {
+            assert!(result["session_id"].is_string(), "{result}");
+        }
+    }
+    let one_session = usage(con.clone()).await;
+    // A second session each: the first is archived, readable by id for session_retention.
+    for names in clients.chunks(100) {
+        let ops: Vec<_> = names
+            .iter()
+            .map(|c| json!({"op": "tick", "namespace": "web", "client": c}))
+            .collect();
+        app.batch(json!(ops)).await.expect(200);
+    }
+    let two_sessions = usage(con.clone()).await;
+    let per_client = one_session / CLIENTS as u64;
+    let per_archived = (two_sessions - one_session) / CLIENTS as u64;
+    println!(
+        "Redis bytes per client: {per_client} with one session; each earlier session still retained adds {per_archived}"
+    );
+    assert!(per_client <= 2048, "{per_client} bytes per client");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+}
