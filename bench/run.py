@@ -8,6 +8,9 @@ alternating A B A B within each round:
     against sessiond's tick and current;
   - memory: the store-less reference against sessiond's tick and current on the in-memory store;
   - batches: sessiond's batch of 100 ticks against single ticks, in operations per second;
+  - shared limits: sessiond's tick on Redis with the default [limits] through a trusted proxy
+    (X-Forwarded-For from POOL addresses, one per client), counted per instance against
+    counted in the store (scope = "store");
   - Redis bytes per live session: INFO used_memory before and after starting SESSIONS sessions
     (with everything sessiond keeps for them), on a redis-server of its own.
 It prints req/s, p50 and p99 per round, the ratio to the reference, the medians, and the CPU
@@ -91,16 +94,24 @@ class Processes:
             p.wait()
 
 
-def wrk_script(work, name, body_lua):
+def wrk_script(work, name, body_lua, headers_lua='{["Content-Type"] = "application/json"}'):
     path = os.path.join(work, f"{name}.lua")
     with open(path, "w") as f:
         f.write(f"""counter = 0
 request = function()
   counter = counter + 1
   local body = {body_lua}
-  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
+  return wrk.format("POST", nil, {headers_lua}, body)
 end
 """)
+    return path
+
+
+def limits_config(work, scope):
+    """The default [limits], believing the proxy on loopback, counted per instance or in the store."""
+    path = os.path.join(work, f"limits-{scope}.toml")
+    with open(path, "w") as f:
+        f.write(f'[limits]\nscope = "{scope}"\ntrusted_proxies = ["127.0.0.1"]\n')
     return path
 
 
@@ -194,10 +205,19 @@ def main():
             "reference (no store)": procs.start([reference, "--mode", "none", "--listen", "127.0.0.1:PORT"]),
             "sessiond in memory": procs.start([binary, "--listen", "127.0.0.1:PORT", "--config", LOAD_CONFIG]),
         }
+        for scope in ("instance", "store"):
+            targets[f"limits per {scope}"] = procs.start(
+                [binary, "--listen", "127.0.0.1:PORT", "--config", limits_config(work, scope),
+                 "--redis-url", f"redis+unix://{sock}"], env={"SESSIOND_SECRET": SECRET})
         single = wrk_script(work, "single", f'string.format(\'{{"client":"bench-client-%05d"}}\', counter % {POOL})')
         ops = ",".join(['{"op":"tick","client":"bench-client-%05d"}'] * 100)
         fmt_args = ", ".join([f"(counter * 100 + {i}) % {POOL}" for i in range(100)])
         batch = wrk_script(work, "batch", f"string.format('{{\"operations\":[{ops}]}}', {fmt_args})")
+        # Client n comes from address 10.x.y.z number n, through the trusted proxy.
+        proxied = wrk_script(
+            work, "proxied", f'string.format(\'{{"client":"bench-client-%05d"}}\', counter % {POOL})',
+            '{["Content-Type"] = "application/json", ["X-Forwarded-For"] = string.format("10.%d.%d.%d", '
+            f'math.floor(counter % {POOL} / 65536), math.floor(counter % {POOL} / 256) % 256, counter % {POOL} % 256)}}')
         pairs = [
             ("reference (Redis)", "sessiond on Redis", "tick"),
             ("reference (Redis)", "sessiond on Redis", "current"),
@@ -218,6 +238,13 @@ def main():
             return result
 
         for r in range(1, args.rounds + 1):
+            a, b = "limits per instance", "limits per store"
+            ra = measured(f"sessiond on Redis {a} tick", targets[a], "/v1/sessions/tick", proxied)
+            rb = measured(f"sessiond on Redis {b} tick", targets[b], "/v1/sessions/tick", proxied)
+            ratios.setdefault("tick, default limits in the store over per instance", []).append(
+                (rb[0] / ra[0], rb[2] / ra[2]))
+            print(f"| {r} | tick, {a} | {ra[0]:,.0f} | {ra[1]:.2f} | {ra[2]:.2f} | tick, {b} | {rb[0]:,.0f} | "
+                  f"{rb[1]:.2f} | {rb[2]:.2f} | {rb[0] / ra[0]:.2f} | {rb[2] / ra[2]:.2f} |")
             for a, b, op in pairs:
                 ra = measured(f"{a} {op}", targets[a], f"/v1/sessions/{op}", single)
                 rb = measured(f"{b} {op}", targets[b], f"/v1/sessions/{op}", single)

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{Attributes, Mode, Namespace, OnUserChange, Policy};
-use crate::limits::{LimitSettings, Rate};
+use crate::limits::{LimitSettings, Rate, Scope};
 use crate::store::{Durability, Retention, StatsNames};
 
 /// sessiond: the single authority for activity-session identifiers.
@@ -251,6 +251,8 @@ enum DurabilityFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsFile {
+    scope: Option<ScopeFile>,
+    shared_window: Option<ConfigDuration>,
     client_per_second: Option<f64>,
     client_burst: Option<u32>,
     address_per_second: Option<f64>,
@@ -258,6 +260,13 @@ struct LimitsFile {
     new_clients_per_address_per_minute: Option<u32>,
     trusted_proxies: Option<Vec<String>>,
     address_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ScopeFile {
+    Instance,
+    Store,
 }
 
 impl LimitsFile {
@@ -300,7 +309,16 @@ impl LimitsFile {
         if actix_web::http::header::HeaderName::from_bytes(address_header.as_bytes()).is_err() {
             return Err(invalid("limits.address_header", "is not a header name"));
         }
+        let shared_window = self.shared_window.map_or(crate::limits::WINDOW, |d| d.0);
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&shared_window) {
+            return Err(invalid("limits.shared_window", "must be between 1s and 1h"));
+        }
         Ok(LimitSettings {
+            shared_window,
+            scope: match self.scope.unwrap_or(ScopeFile::Instance) {
+                ScopeFile::Instance => Scope::Instance,
+                ScopeFile::Store => Scope::Store,
+            },
             client: rate(
                 self.client_per_second.unwrap_or(10.0),
                 self.client_burst.unwrap_or(60),

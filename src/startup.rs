@@ -15,7 +15,7 @@ use crate::domain::{ClientHasher, Clock, IdSource, OsRandom, SystemClock};
 use crate::http::connections::ConnectionCounts;
 use crate::http::ops::OpsAddress;
 use crate::http::{self, AppState};
-use crate::limits::Limiter;
+use crate::limits::{Limiter, Scope};
 use crate::store::metered::Metered;
 use crate::store::redis::Target;
 use crate::store::{MemoryStore, Policies, RedisOptions, RedisStore, SessionStore};
@@ -104,6 +104,11 @@ impl Application {
             let key = ids.client_key();
             SecretString::from(key.as_str().to_owned())
         });
+        // In memory the process is every instance there is: its limits are its own.
+        let mut limits = settings.limits.clone();
+        if settings.redis.is_none() {
+            limits.scope = Scope::Instance;
+        }
         let metrics = Arc::new(Metrics::new(store.as_ref()));
         // Every caller reaches the store through this, so every call is measured.
         let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
@@ -113,11 +118,14 @@ impl Application {
             ids,
             clock: clock.clone(),
             metrics,
-            limiter: Arc::new(Limiter::new(&settings.limits)),
+            limiter: Arc::new(Limiter::new(&limits)),
             settings: Arc::new(settings.clone()),
         });
         spawn_sweeper(Arc::downgrade(&state.clone().into_inner()));
-        spawn_limit_tidier(Arc::downgrade(&state.limiter));
+        spawn_limit_tidier(Arc::downgrade(&state.limiter), clock.clone());
+        if limits.scope == Scope::Store {
+            spawn_limit_sharing(Arc::downgrade(&state.clone().into_inner()));
+        }
         // A first ping, so store_up says how the store fares before any call.
         let probe = state.clone();
         tokio::spawn(async move {
@@ -235,7 +243,7 @@ fn spawn_janitor(store: std::sync::Weak<MemoryStore>) {
 /// `sweep_interval`, and at once again while a sweep leaves a backlog. Every instance
 /// sweeps; the store makes each finalization happen once. Ends with the application.
 /// Drops the rate-limit state of callers gone quiet, every ten seconds.
-fn spawn_limit_tidier(limiter: std::sync::Weak<Limiter>) {
+fn spawn_limit_tidier(limiter: std::sync::Weak<Limiter>, clock: Arc<dyn Clock>) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
@@ -243,7 +251,33 @@ fn spawn_limit_tidier(limiter: std::sync::Weak<Limiter>) {
             let Some(limiter) = limiter.upgrade() else {
                 return;
             };
-            limiter.tidy();
+            limiter.tidy(clock.now_ms());
+        }
+    });
+}
+
+/// How often an instance shares its limit counts with the others (`limits.scope = "store"`):
+/// what instances admit at once beyond what the store has counted is bounded by their
+/// shares, and shares are renewed this often.
+const LIMIT_SHARING: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Shares the limit counts with the store's other instances, every LIMIT_SHARING; ends with
+/// the application.
+fn spawn_limit_sharing(state: std::sync::Weak<AppState>) {
+    let instance = OsRandom.client_key().as_str().to_owned();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(LIMIT_SHARING);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            let now = state.clock.now_ms();
+            state
+                .limiter
+                .share(state.store.as_ref(), &instance, now)
+                .await;
         }
     });
 }

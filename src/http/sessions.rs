@@ -421,7 +421,8 @@ pub async fn call(
         ));
     }
     let source = source_address(&req, &state.settings.limits);
-    (state.limiter.check_address(source, 1)).map_err(|limited| state.refuse(limited))?;
+    (state.limiter.check_address(source, 1, state.clock.now_ms()))
+        .map_err(|limited| state.refuse(limited))?;
     let mut parsed = state.parse_call(&req, op, body, "").await?;
     state.admit(source, &mut parsed)?;
     let outcome = state.store.execute(&parsed.command).await;
@@ -463,8 +464,10 @@ pub async fn batch(
         ));
     }
     let source = source_address(&req, &state.settings.limits);
-    (state.limiter.check_address(source, body.operations.len()))
-        .map_err(|limited| state.refuse(limited))?;
+    (state
+        .limiter
+        .check_address(source, body.operations.len(), state.clock.now_ms()))
+    .map_err(|limited| state.refuse(limited))?;
     let count = body.operations.len();
     let mut parsed: Vec<Result<ParsedCall, ApiError>> = Vec::with_capacity(count);
     // One buffer for every operation's place (`operations[3].`), written over each time.

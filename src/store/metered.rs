@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Command, Found, Outcome, Policies, SessionStore, StoreError, Swept};
+use super::{
+    Command, Found, LimitCount, Outcome, Policies, SessionStore, SharedLimits, StoreError, Swept,
+};
 use crate::domain::stats::{StatsQuery, StatsSummary};
 use crate::domain::{ClientHash, Event, EventId, Namespace, SessionId};
 use crate::telemetry::{DurationHistogram, Metrics};
@@ -108,6 +110,16 @@ impl SessionStore for Metered {
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed(&self.duration_of("ping"), self.inner.ping())
             .await
+    }
+
+    async fn share_limits(
+        &self,
+        instance: &str,
+        window_ms: i64,
+        counts: &[LimitCount],
+    ) -> Result<Option<SharedLimits>, StoreError> {
+        let call = self.inner.share_limits(instance, window_ms, counts);
+        self.timed(&self.duration_of("share_limits"), call).await
     }
 
     fn kind(&self) -> &'static str {

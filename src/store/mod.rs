@@ -188,6 +188,25 @@ pub struct Swept {
     pub more: bool,
 }
 
+/// One shared abuse-limit counter's increment (`limits.scope = "store"`): the counter's name,
+/// a number that spreads counters over the store's buckets, its window, and the calls to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCount {
+    pub field: String,
+    pub spread: u32,
+    /// The window's number (milliseconds since the epoch over the window's length).
+    pub window: i64,
+    pub add: u64,
+}
+
+/// What the store answers to shared counts: each counter's total across instances, in the
+/// order given, and how many instances counted lately (this one included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedLimits {
+    pub totals: Vec<u64>,
+    pub instances: usize,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer in time or could not be reached.
@@ -228,6 +247,19 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Adds this instance's calls to the shared abuse-limit counters (of windows of
+    /// `window_ms`), and says
+    /// the instance is alive. `None`: the store shares nothing (in memory, the process is
+    /// every instance there is).
+    async fn share_limits(
+        &self,
+        _instance: &str,
+        _window_ms: i64,
+        _counts: &[LimitCount],
+    ) -> Result<Option<SharedLimits>, StoreError> {
+        Ok(None)
+    }
 
     /// A name for logs and metrics.
     fn kind(&self) -> &'static str;

@@ -54,8 +54,8 @@ use serde::de::IntoDeserializer;
 use super::cluster::ClusterRouter;
 use super::record;
 use super::{
-    Command, Durability, Finalized, Found, Outcome, Policies, Retention, SessionStore, StatsNames,
-    StoreError, Swept,
+    Command, Durability, Finalized, Found, LimitCount, Outcome, Policies, Retention, SessionStore,
+    SharedLimits, StatsNames, StoreError, Swept,
 };
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
@@ -943,6 +943,59 @@ impl SessionStore for RedisStore {
             .await
     }
 
+    /// One pipeline: the instance's heartbeat in `PREFIX:instances` (field the instance, value
+    /// when it last counted) and the registry read back, then per counter an HINCRBY of its
+    /// field in its bucket's hash of the window (`PREFIX:{bucket}:l:WINDOW`, kept for three
+    /// windows). On a cluster the router sends each command to its slot's node.
+    async fn share_limits(
+        &self,
+        instance: &str,
+        window_ms: i64,
+        counts: &[LimitCount],
+    ) -> Result<Option<SharedLimits>, StoreError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let registry = format!("{}:instances", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.hset(&registry, instance, now_ms)
+            .ignore()
+            .hgetall(&registry);
+        for count in counts {
+            let key = format!(
+                "{}l:{}",
+                bucket_prefix(&self.prefix, count.spread % BUCKETS),
+                count.window
+            );
+            pipe.hincr(&key, &count.field, count.add)
+                .pexpire(&key, 3 * window_ms)
+                .ignore();
+        }
+        let mut con = self.connection();
+        let mut values: Vec<Value> = self.bounded(pipe.query_async(&mut con)).await?;
+        fn corrupt(e: impl std::fmt::Display) -> StoreError {
+            StoreError::Corrupt(format!("shared limits: {e}"))
+        }
+        let mut values = values.drain(..);
+        let seen: HashMap<String, i64> =
+            redis::from_redis_value(values.next().unwrap_or(Value::Nil)).map_err(corrupt)?;
+        let totals = values
+            .map(|v| redis::from_redis_value::<u64>(v).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        // An instance that has not counted for a while is gone; its field is dropped.
+        let (alive, gone): (Vec<_>, Vec<_>) = seen
+            .into_iter()
+            .partition(|(_, at)| now_ms - at < INSTANCE_GONE_MS);
+        if !gone.is_empty() {
+            let fields: Vec<String> = gone.into_iter().map(|(id, _)| id).collect();
+            let _ = self.bounded(con.hdel::<_, _, ()>(&registry, fields)).await;
+        }
+        Ok(Some(SharedLimits {
+            totals,
+            instances: alive.len().max(1),
+        }))
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
     }
@@ -967,6 +1020,9 @@ impl SessionStore for RedisStore {
 /// spread over up to 256 primaries while a sweep or an aggregate over every bucket stays
 /// 256 calls sent at once. Changing it renames every key.
 const BUCKETS: u32 = 256;
+
+/// An instance that has not shared its limit counts for this long is no longer counted.
+const INSTANCE_GONE_MS: i64 = 5_000;
 
 /// The hash tag of a client's keys, e.g. `{2a}`: which cluster slot holds them.
 pub fn client_hash_tag(client: &ClientHash) -> String {

@@ -239,7 +239,7 @@ impl Metrics {
         let store_call_duration = Family::<StoreCallLabels, DurationHistogram>::default();
         registry.register_with_unit(
             "store_call_duration",
-            "Store call duration by call (execute, execute_batch, find, owner, sweep, events, stats, ping)",
+            "Store call duration by call (execute, execute_batch, find, owner, sweep, events, stats, ping, share_limits)",
             prometheus_client::registry::Unit::Seconds,
             store_call_duration.clone(),
         );

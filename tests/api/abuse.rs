@@ -9,6 +9,7 @@ use sessiond::startup::Sources;
 
 use crate::helpers::{
     SESSION_CALLS, Store, TestApp, TestResponse, new_client, spawn_app, spawn_app_with,
+    spawn_instances,
 };
 use crate::on_every_store;
 
@@ -18,6 +19,61 @@ on_every_store!(
     an_address_creating_too_many_clients_keeps_the_ones_it_has,
     no_batch_and_no_crowd_of_calls_creates_more_new_clients_than_the_cap,
 );
+
+/// `limits.scope = "store"`: one client flooding two instances gets its configured rate across
+/// both, within 10%, where each instance alone would grant it the rate again. Counted over
+/// the flood's steady part (after its first window, which admits a window's worth at once).
+async fn a_shared_limit_holds_a_client_to_its_rate_across_two_instances(store: Store) {
+    const RATE: f64 = 20.0;
+    let config = "[limits]\nscope = \"store\"\nshared_window = \"1s\"\nclient_per_second = 20\n\
+                  client_burst = 1\naddress_per_second = 0\nnew_clients_per_address_per_minute = 0\n";
+    let apps = spawn_instances(store, config, 2).await;
+    let client = new_client();
+    let started = std::time::Instant::now();
+    let (from, to) = (
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(6),
+    );
+    let floods = (0..8).map(|n| {
+        let app = apps[n % 2].clone();
+        let body = json!({"client": client});
+        async move {
+            let mut admitted = 0;
+            while started.elapsed() < to {
+                let status = app.tick(body.clone()).await.status;
+                assert!(status == 200 || status == 429, "{status}");
+                let at = started.elapsed();
+                if status == 200 && at >= from && at < to {
+                    admitted += 1;
+                }
+            }
+            admitted
+        }
+    });
+    let admitted: u32 = futures_util::future::join_all(floods)
+        .await
+        .into_iter()
+        .sum();
+    let expected = RATE * (to - from).as_secs_f64();
+    println!(
+        "{store:?}: {admitted} calls admitted in {:?}, {expected} expected",
+        to - from
+    );
+    assert!(
+        (f64::from(admitted) - expected).abs() <= expected * 0.1,
+        "{admitted} admitted, {expected} expected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_limit_on_redis() {
+    a_shared_limit_holds_a_client_to_its_rate_across_two_instances(Store::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_limit_on_the_cluster() {
+    a_shared_limit_holds_a_client_to_its_rate_across_two_instances(Store::Cluster).await
+}
 
 /// The new-client cap is taken at admission, atomically: a batch counts each of its new
 /// clients, and concurrent single calls cannot all pass the check before any is counted.

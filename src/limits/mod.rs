@@ -1,5 +1,10 @@
 //! Abuse limits: rate limits per client and per source address, and a cap on the new clients
 //! one address may create per minute, so a public deployment survives hostile callers.
+//!
+//! With `scope = "store"` the client and address rates hold across every instance sharing the
+//! store: calls are counted over sliding windows (`shared_window`), decided locally on what the
+//! store last said of the other instances, and shared in the background ([`Limiter::share`]),
+//! never on a call's own path.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -13,6 +18,12 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 
 use crate::domain::ClientHash;
+use crate::store::SessionStore;
+
+mod shared;
+
+pub use shared::WINDOW;
+use shared::{Counted, SharedCounters};
 
 /// A sustained rate with a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +40,12 @@ impl Rate {
         (!period.is_zero()).then_some(Self { period, burst })
     }
 
+    /// The calls a shared window allows: the rate over the window, and at least the burst.
+    fn per_window(self, window: Duration) -> u64 {
+        let per_window = window.as_nanos() / self.period.as_nanos().max(1);
+        (per_window as u64).max(u64::from(self.burst.get()))
+    }
+
     fn quota(self) -> Quota {
         Quota::with_period(self.period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
@@ -36,9 +53,22 @@ impl Rate {
     }
 }
 
+/// Where the client and address rates are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Each instance counts on its own: N instances grant N times the rates.
+    #[default]
+    Instance,
+    /// The instances sharing the store count together.
+    Store,
+}
+
 /// The configured limits; `None` turns one off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitSettings {
+    pub scope: Scope,
+    /// The sliding window shared limits are counted over.
+    pub shared_window: Duration,
     /// Calls per client key.
     pub client: Option<Rate>,
     /// Calls per source address (a batch counts each of its operations).
@@ -55,6 +85,8 @@ impl LimitSettings {
     /// Every limit off, for load tests from one address.
     pub fn off() -> Self {
         Self {
+            scope: Scope::Instance,
+            shared_window: WINDOW,
             client: None,
             address: None,
             new_clients_per_minute: None,
@@ -120,6 +152,15 @@ pub struct Limiter {
     address: Option<(DefaultKeyedRateLimiter<IpAddr>, Rate)>,
     new_clients_cap: Option<NonZeroU32>,
     minute: Mutex<Minute>,
+    /// With `scope = "store"`, the client and address rates instead: the counters they are
+    /// decided on, and each one's calls per window.
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    counters: SharedCounters,
+    client: Option<u64>,
+    address: Option<u64>,
 }
 
 /// A call's place under its address's new-client cap, taken at admission. Settle it with
@@ -171,20 +212,70 @@ const SEEN_PER_CAP: u32 = 16;
 
 impl Limiter {
     pub fn new(settings: &LimitSettings) -> Self {
+        let local = settings.scope == Scope::Instance;
         Self {
             client: settings
                 .client
+                .filter(|_| local)
                 .map(|r| (DefaultKeyedRateLimiter::keyed(r.quota()), r)),
             address: settings
                 .address
+                .filter(|_| local)
                 .map(|r| (DefaultKeyedRateLimiter::keyed(r.quota()), r)),
             new_clients_cap: settings.new_clients_per_minute,
             minute: Mutex::new(Minute::default()),
+            shared: (!local).then(|| Shared {
+                counters: SharedCounters::new(settings.shared_window),
+                client: settings
+                    .client
+                    .map(|r| r.per_window(settings.shared_window)),
+                address: settings
+                    .address
+                    .map(|r| r.per_window(settings.shared_window)),
+            }),
         }
     }
 
+    /// Shares this instance's counts of the current window with the store, and takes in
+    /// the other instances'; a no-op without shared limits. `instance` names this instance.
+    pub async fn share(&self, store: &dyn SessionStore, instance: &str, now_ms: i64) {
+        let Some(shared) = &self.shared else { return };
+        let outgoing = shared.counters.outgoing(now_ms);
+        let window_ms = shared.counters.window_ms();
+        let answer = store
+            .share_limits(instance, window_ms, &outgoing.counts())
+            .await;
+        let answer = match answer {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not share the limits' counts; they go next time");
+                Err(())
+            }
+        };
+        shared.counters.shared(outgoing, answer);
+    }
+
     /// Takes `calls` from the address's allowance (a batch larger than the burst takes all of it).
-    pub fn check_address(&self, address: Option<IpAddr>, calls: usize) -> Result<(), Limited> {
+    pub fn check_address(
+        &self,
+        address: Option<IpAddr>,
+        calls: usize,
+        now_ms: i64,
+    ) -> Result<(), Limited> {
+        if let (Some(shared), Some(address)) = (&self.shared, address) {
+            let Some(limit) = shared.address else {
+                return Ok(());
+            };
+            let calls = (calls as u64).clamp(1, limit);
+            return shared
+                .counters
+                .admit(Counted::Address(address), calls, limit, now_ms)
+                .map_err(|retry_after| Limited {
+                    kind: LimitKind::Address,
+                    retry_after,
+                });
+        }
         let (Some((limiter, rate)), Some(address)) = (&self.address, address) else {
             return Ok(());
         };
@@ -218,6 +309,19 @@ impl Limiter {
         minted: bool,
         now_ms: i64,
     ) -> Result<Option<NewClientPlace>, Limited> {
+        if let Some(Shared {
+            counters,
+            client: Some(limit),
+            ..
+        }) = &self.shared
+        {
+            counters
+                .admit(Counted::Client(key(client)), 1, *limit, now_ms)
+                .map_err(|retry_after| Limited {
+                    kind: LimitKind::Client,
+                    retry_after,
+                })?;
+        }
         if let Some((limiter, _)) = &self.client
             && let Err(not_until) = limiter.check_key(&key(client))
         {
@@ -286,7 +390,10 @@ impl Limiter {
 
     /// Forgets rate-limit state that has fully recovered, so memory follows the callers of
     /// the last moments, not every caller ever seen.
-    pub fn tidy(&self) {
+    pub fn tidy(&self, now_ms: i64) {
+        if let Some(shared) = &self.shared {
+            shared.counters.tidy(now_ms);
+        }
         if let Some((limiter, _)) = &self.client {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -340,13 +447,13 @@ mod tests {
             address: rate(1.0, 10),
             ..LimitSettings::off()
         }));
-        limiter.check_address(HOME, 8).unwrap();
+        limiter.check_address(HOME, 8, 0).unwrap();
         assert_eq!(
-            limiter.check_address(HOME, 3).unwrap_err().kind,
+            limiter.check_address(HOME, 3, 0).unwrap_err().kind,
             LimitKind::Address
         );
-        limiter.check_address(OTHER, 1000).unwrap();
-        limiter.check_address(None, 1).unwrap();
+        limiter.check_address(OTHER, 1000, 0).unwrap();
+        limiter.check_address(None, 1, 0).unwrap();
     }
 
     #[test]
