@@ -795,6 +795,42 @@ mod tests {
     }
 
     #[test]
+    fn storage_and_limit_keys_are_read_and_checked() {
+        let s = load(
+            "stats_max_releases = 5\nstats_max_environments = 2\n[limits]\nscope = \"store\"\n\
+             shared_window = \"30s\"\n[namespaces.web]\nattribute_max_bytes = 64",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.retention.stats_names.releases,
+                s.retention.stats_names.environments
+            ),
+            (5, 2)
+        );
+        assert_eq!(s.limits.scope, Scope::Store);
+        assert_eq!(s.limits.shared_window, Duration::from_secs(30));
+        let web = Namespace::parse("web").unwrap();
+        assert_eq!(s.namespaces[&web].attribute_max_bytes, 64);
+        for (bad, key) in [
+            ("stats_max_releases = 0", "stats_max_releases"),
+            ("stats_max_environments = 20000", "stats_max_environments"),
+            ("[limits]\nscope = \"cluster\"", "scope"),
+            (
+                "[limits]\nshared_window = \"100ms\"",
+                "limits.shared_window",
+            ),
+            (
+                "[namespaces.web]\nattribute_max_bytes = 1025",
+                "namespaces.web.attribute_max_bytes",
+            ),
+        ] {
+            let err = load(bad).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_redis_cluster_names_its_nodes_and_needs_a_secret() {
         let cluster = |nodes: &[&str], secret: Option<&str>| {
             Settings::from_file(

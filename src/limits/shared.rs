@@ -189,7 +189,9 @@ impl SharedCounters {
         let mut sent = Vec::new();
         for shard in &self.shards {
             for (key, w) in shard.lock().iter_mut() {
-                if w.number != window {
+                // A counter no call has touched since the window turned still sends its
+                // window's calls: the others count them in their previous window.
+                if w.number < window - 1 {
                     continue;
                 }
                 let add = w.unsynced - w.in_flight;
@@ -197,7 +199,7 @@ impl SharedCounters {
                     w.in_flight += add;
                     sent.push(Sent {
                         key: *key,
-                        window,
+                        window: w.number,
                         add,
                         late: false,
                     });
@@ -208,7 +210,7 @@ impl SharedCounters {
                     w.late_in_flight += late;
                     sent.push(Sent {
                         key: *key,
-                        window: window - 1,
+                        window: w.number - 1,
                         add: late,
                         late: true,
                     });
@@ -313,6 +315,35 @@ mod tests {
             counters.admit(KEY, 1, 100, 1).unwrap();
         }
         assert!(counters.admit(KEY, 1, 100, 1).is_err());
+    }
+
+    #[test]
+    fn while_the_store_does_not_answer_an_instance_admits_only_its_share() {
+        let counters = SharedCounters::new(WINDOW);
+        counters.instances.store(2, Ordering::Relaxed);
+        for _ in 0..50 {
+            counters.admit(KEY, 1, 100, 0).unwrap();
+        }
+        for now in [100, 200, 300] {
+            let sent = counters.outgoing(now);
+            counters.shared(sent, Err(()));
+            assert!(
+                counters.admit(KEY, 1, 100, now).is_err(),
+                "still unconfirmed at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn calls_of_a_window_are_shared_after_it_turned() {
+        let counters = SharedCounters::new(WINDOW);
+        counters
+            .admit(KEY, 1, 10, counters.window_ms() - 1)
+            .unwrap();
+        let sent = counters.outgoing(counters.window_ms() + 50);
+        let counts = sent.counts();
+        assert_eq!(counts.len(), 1);
+        assert_eq!((counts[0].window, counts[0].add), (0, 1));
     }
 
     #[test]

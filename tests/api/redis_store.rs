@@ -439,3 +439,55 @@ async fn the_costliest_client_the_defaults_allow_keeps_under_2_kb_of_redis() {
     assert!(per_client <= 2048, "{per_client} bytes per client");
     let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
 }
+
+/// `limits.scope = "store"`: two instances' counts meet in their window's hash, which expires
+/// three windows on, and each instance is listed as alive in `sd:instances`.
+#[tokio::test]
+async fn shared_limits_keep_their_counts_for_three_windows_and_list_the_instances() {
+    let redis = std::sync::Arc::new(redis_server::RedisServer::start());
+    let config = "[limits]\nscope = \"store\"\nshared_window = \"2s\"\n";
+    let first = spawn_on_redis(config, redis.clone()).await;
+    let second = spawn_on_redis(config, redis.clone()).await;
+    let client = new_client();
+    for app in [&first, &second, &first] {
+        app.tick(json!({"client": client})).await.expect(200);
+    }
+    let con = redis.connection().await;
+    let shared = eventually(std::time::Duration::from_secs(10), || {
+        let mut con = con.clone();
+        async move {
+            let instances: usize = con.hlen("sd:instances").await.unwrap();
+            let windows: Vec<String> = con.keys("sd:*:l:*").await.unwrap();
+            let mut counted = 0;
+            for key in &windows {
+                let counts: std::collections::HashMap<String, u64> =
+                    con.hgetall(key).await.unwrap();
+                counted += counts
+                    .iter()
+                    .filter(|(f, _)| f.starts_with('c'))
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
+            }
+            instances == 2 && counted == 3
+        }
+    })
+    .await;
+    assert!(
+        shared,
+        "both instances listed, and the client's three calls counted once each"
+    );
+    let metrics = first.get("/metrics").await.text;
+    assert!(metrics.contains("call=\"share_limits\""), "{metrics}");
+    // In memory the process is every instance: nothing is shared.
+    let alone = crate::helpers::spawn_app(crate::helpers::Store::Memory, config).await;
+    alone.tick(json!({"client": client})).await.expect(200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let metrics = alone.get("/metrics").await.text;
+    assert!(!metrics.contains("call=\"share_limits\""), "{metrics}");
+    let mut con = con.clone();
+    let windows: Vec<String> = con.keys("sd:*:l:*").await.unwrap();
+    for key in windows {
+        let ttl: i64 = con.pttl(&key).await.unwrap();
+        assert!((1..=6_000).contains(&ttl), "{key} expires in {ttl} ms");
+    }
+}
