@@ -15,8 +15,8 @@
 -- decide(KEYS, ARGV) returns {kind, now, session_record, pointer_expires_at, finalized, other};
 -- kind is s(ession), need(s an id), nolive or unknown; finalized is the final status of the
 -- session the call finalized, or ''; other is '1' when the session the call started counts as
--- 'other' in stats (lib.lua's counted_name()), else ''. pointer_expires_at > 0 asks the caller to extend the id's
--- pointer.
+-- 'other' in stats (lib.lua's counted_name()), else ''. pointer_expires_at > 0 asks the
+-- caller to extend the id's pointer.
 
 local function decide(KEYS, ARGV)
   -- The store's clock, moved on to a session's last activity when that is later.
