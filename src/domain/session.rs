@@ -93,58 +93,25 @@ impl From<EndStatus> for Status {
 }
 
 /// One session of one client. Times are milliseconds on the store's clock.
-///
-/// The serde names are short because the Redis store keeps this shape per session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionState {
-    #[serde(rename = "s")]
     pub id: SessionId,
-    #[serde(rename = "i")]
     pub index: u64,
-    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<SessionId>,
-    #[serde(rename = "t0")]
     pub started_at: i64,
-    #[serde(rename = "t")]
     pub last_activity_at: i64,
     /// Set while the app is in the background (background mode only).
-    #[serde(rename = "bg", default, skip_serializing_if = "Option::is_none")]
     pub background_since: Option<i64>,
     /// Set when the session ended: by an end call, or for archived sessions, by expiry.
-    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<i64>,
-    #[serde(rename = "st")]
     pub status: Status,
     /// Handled errors reported for this session.
-    #[serde(rename = "n", default, skip_serializing_if = "is_zero")]
     pub errors: u64,
     /// Set once its `ended` event was written, so it is finalized exactly once. An idled-out
     /// session finalized by the sweeper keeps no `ended_at`: its deadline says when it ended.
-    #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
     pub finalized: bool,
-    #[serde(rename = "r")]
     pub reason: Reason,
-    #[serde(rename = "a", default)]
     pub attributes: Attributes,
     /// The reports applied by `report_id`, so that a retry applies none again.
-    #[serde(skip)]
     pub reports: RecentReports,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-// SessionId travels through serde as its string form; a stored id that is not one is corrupt.
-impl Serialize for SessionId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SessionId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        SessionId::parse(&raw).map_err(serde::de::Error::custom)
-    }
 }

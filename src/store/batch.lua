@@ -54,7 +54,7 @@ for n = 1, #KEYS - 1 do
       reply = {'s', fast_at, fast_raw, 0, '', ''}
     else
       local prefix = string.match(key, '^(.*}:)r:')
-      reply = decide({key, prefix .. 'a:' .. member, prefix .. 'c:' .. member}, {
+      reply = decide({key, prefix .. 'a:' .. member}, {
         op, r[2], r[3], r[4], policy[1], policy[2], policy[3], policy[4], ARGV[1], ARGV[2],
         ARGV[3], '', r[5], r[6], r[7], r[1], ARGV[4], ARGV[5], r[8], r[9], r[10]})
       if reply[1] == 'need' then waiting[member] = true end

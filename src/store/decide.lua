@@ -3,11 +3,10 @@
 -- of src/domain/decision.rs; keep the two in step.
 --
 -- KEYS[1] the records hash holding the client's current session (lib.lua's records_key()),
--- KEYS[2] its archive (`PREFIX:{bucket}:a:NS:HASH`, hash: id -> packed record), KEYS[3] where an
--- earlier version kept its current session (`PREFIX:{bucket}:c:NS:HASH`, read until the record
--- is next written), KEYS[4] the bucket's migration guard (never written; redis.rs says why); all
--- carry the client's {bucket} tag, as do the bucket's health keys written through H, whose
--- prefix and namespace KEYS[2] gives.
+-- KEYS[2] its archive (`PREFIX:{bucket}:a:NS:HASH`, hash: id -> packed record), KEYS[3] the
+-- bucket's migration guard (never written; redis.rs says why); all carry the client's {bucket}
+-- tag, as do the bucket's health keys written through H, whose prefix and namespace KEYS[2]
+-- gives.
 -- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
 --       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
 --       candidate, release, environment, platform, user_id ('' when not given),
@@ -39,11 +38,7 @@ local function decide(KEYS, ARGV)
     return (at or x.t) + session_ret
   end
 
-  local raw, legacy = redis.call('HGET', KEYS[1], member), false
-  if not raw then
-    raw = redis.call('GET', KEYS[3])
-    legacy = raw ~= false
-  end
+  local raw = redis.call('HGET', KEYS[1], member)
   local s = raw and unpack_record(raw)
   if s and now >= record_expires(s, P, client_ret, session_ret) then raw, s = false, nil end
 
@@ -67,13 +62,6 @@ local function decide(KEYS, ARGV)
     end
     local record = pack_record(x)
     redis.call('HSET', KEYS[1], member, record)
-    if legacy then
-      -- Moved from an earlier version's key, which its due index named: the sweeper now
-      -- finds the record through the records hash.
-      redis.call('DEL', KEYS[3])
-      legacy = false
-      schedule(H.prefix, member, next_look(x, P, client_ret, session_ret))
-    end
     return record, pointer
   end
 

@@ -15,13 +15,12 @@
 -- with nothing to change but the last activity; fast_raw false when the client has no
 -- record in its records hash (most often a new client); nil for anything else (no session,
 -- another call, a user to bind or change, a deadline passed, an ended session, a pointer to
--- extend, a record of an earlier format or in an earlier version's key), for decide().
+-- extend), for decide().
 local fast_raw, fast_at
 repeat
   if op ~= 'tick' and op ~= 'current' then break end
   local raw = redis.call('HGET', key, member)
   if not raw then fast_raw = false break end
-  if string.byte(raw, 1) ~= 2 then break end
   -- Read by position (lib.lua's record format 2), so that no string is made of the ids: the
   -- flags byte follows format and id; an ended session is decide()'s.
   local flags = string.byte(raw, 12)

@@ -19,9 +19,8 @@ local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 -- optional parts follow, and whether it is finalized: hot.lua's FLAG_*), the previous id's 10 bytes, index,
 -- started, last activity, pointer expiry, background since, ended, errors (each time 6 bytes),
 -- status * 16 + reason, then the four attributes, each after its 2-byte length ('' when
--- absent), then the count of report digests and the digests (8 bytes each). At about 60 bytes a record fits a compact hash entry. Format 1 (fixed width, ids
--- in hex) and JSON are what earlier versions wrote, read still.
-local RECORD_1 = '>BBc0Bc0I4I6I6I6I6I6I6BBBHc0Hc0Hc0Hc0'
+-- absent), then the count of report digests and the digests (8 bytes each). At about 60
+-- bytes a record fits a compact hash entry.
 -- A report id's digest is 8 bytes (domain::ReportId), and a record keeps the last 8
 -- (domain::RecentReports).
 local REPORT_BYTES, REPORTS_KEPT = 8, 8
@@ -52,16 +51,6 @@ local function attributes(release, environment, platform, user)
 end
 
 local function unpack_record(raw)
-  local format = string.byte(raw, 1)
-  -- A record written before records were packed is JSON of the same table.
-  if format == 123 then return cjson.decode(raw) end
-  if format == 1 then
-    local _, s, p, i, t0, t, bg, e, px, n, st, r, f, release, environment, platform, user =
-      struct.unpack(RECORD_1, raw)
-    return {s = s, p = present(p, ''), i = i, t0 = t0, t = t, bg = present(bg, 0),
-      e = present(e, 0), px = px, n = present(n, 0), st = STATUS[st], r = REASON[r],
-      f = present(f == 1, false), a = attributes(release, environment, platform, user)}
-  end
   local flags = string.byte(raw, 12)
   local function has(flag) return bit.band(flags, flag) ~= 0 end
   local x, at = {s = id_hex(string.sub(raw, 2, 11)), f = has(FLAG_FINALIZED) or nil}, 13

@@ -1,17 +1,14 @@
 //! Reads the packed session records the Redis scripts keep (`pack_record` in lib.lua); keep
-//! the two in step. Records of earlier versions (format 1, and JSON before records were
-//! packed) are still read.
+//! the two in step.
 
 use thiserror::Error;
 
 use crate::domain::{Attributes, Reason, RecentReports, ReportId, SessionId, SessionState, Status};
 
-/// The format bytes that open a packed record: fixed width with ids in hex (earlier
-/// versions), and compact (lib.lua's format 2).
-const FIXED: u8 = 1;
+/// The format byte that opens a packed record (lib.lua's format 2).
 const COMPACT: u8 = 2;
 
-/// Format 2's flags: which optional parts a record holds, and whether it is finalized.
+/// The flags: which optional parts a record holds, and whether it is finalized.
 const PREVIOUS: u8 = 1;
 const BACKGROUND: u8 = 2;
 const ENDED: u8 = 4;
@@ -23,12 +20,10 @@ const REPORTS: u8 = 32;
 #[error("stored session: {0}")]
 pub struct BadRecord(String);
 
-/// Reads one record: packed (format 2 or 1), or JSON (it opens with `{`).
+/// Reads one record.
 pub fn parse(raw: &[u8]) -> Result<SessionState, BadRecord> {
     match raw.first() {
-        Some(b'{') => serde_json::from_slice(raw).map_err(|e| BadRecord(e.to_string())),
         Some(&COMPACT) => Reader { raw, at: 1 }.compact(),
-        Some(&FIXED) => Reader { raw, at: 1 }.fixed(),
         _ => Err(BadRecord("unknown record format".into())),
     }
 }
@@ -60,10 +55,6 @@ impl<'a> Reader<'a> {
         Ok(self.number(6)? as i64)
     }
 
-    fn optional_time(&mut self) -> Result<Option<i64>, BadRecord> {
-        Ok(Some(self.time()?).filter(|&t| t > 0))
-    }
-
     /// A string after its length in `len_bytes` bytes; `None` when empty.
     fn text(&mut self, len_bytes: usize) -> Result<Option<String>, BadRecord> {
         let len = self.number(len_bytes)? as usize;
@@ -72,14 +63,7 @@ impl<'a> Reader<'a> {
         Ok(Some(text.to_owned()).filter(|t| !t.is_empty()))
     }
 
-    /// A session id in hex after its length byte (format 1); `None` when empty.
-    fn hex_id(&mut self) -> Result<Option<SessionId>, BadRecord> {
-        self.text(1)?
-            .map(|id| SessionId::parse(&id).map_err(|_| BadRecord(format!("session id {id:?}"))))
-            .transpose()
-    }
-
-    /// A session id's bytes (format 2).
+    /// A session id's bytes.
     fn id(&mut self) -> Result<SessionId, BadRecord> {
         let bytes = self.bytes(SessionId::BYTES)?;
         Ok(SessionId::from_bytes(
@@ -96,7 +80,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Format 2: optional parts are there when their flag is.
+    /// Optional parts are there when their flag is.
     fn compact(mut self) -> Result<SessionState, BadRecord> {
         let id = self.id()?;
         let flags = self.number(1)? as u8;
@@ -148,40 +132,6 @@ impl<'a> Reader<'a> {
             reason: reason(code % 16)?,
             attributes,
             reports,
-        })
-    }
-
-    /// Format 1: fixed width, ids in hex, absent times 0.
-    fn fixed(mut self) -> Result<SessionState, BadRecord> {
-        let id = self
-            .hex_id()?
-            .ok_or_else(|| BadRecord("no session id".into()))?;
-        let previous = self.hex_id()?;
-        let index = self.number(4)?;
-        let started_at = self.time()?;
-        let last_activity_at = self.time()?;
-        let background_since = self.optional_time()?;
-        let ended_at = self.optional_time()?;
-        let _pointer_expires_at = self.time()?;
-        let errors = self.number(6)?;
-        let status = status(self.number(1)?)?;
-        let reason = reason(self.number(1)?)?;
-        let finalized = self.number(1)? == 1;
-        let attributes = self.attributes()?;
-        Ok(SessionState {
-            id,
-            index,
-            previous,
-            started_at,
-            last_activity_at,
-            background_since,
-            ended_at,
-            status,
-            errors,
-            finalized,
-            reason,
-            attributes,
-            reports: RecentReports::default(),
         })
     }
 }
@@ -242,24 +192,6 @@ mod tests {
         raw
     }
 
-    /// A record as earlier versions packed it (format 1).
-    fn fixed_width() -> Vec<u8> {
-        let mut raw = vec![FIXED, 20];
-        raw.extend_from_slice(b"1454552aede69aa12d19");
-        raw.push(0); // no previous id
-        raw.extend_from_slice(&3u32.to_be_bytes());
-        for time in [1_795_569_300_539u64, 1_795_569_300_600, 0, 0, 5] {
-            raw.extend_from_slice(&time.to_be_bytes()[2..]);
-        }
-        raw.extend_from_slice(&2u64.to_be_bytes()[2..]);
-        raw.extend_from_slice(&[2, 1, 1]); // errored, idle_timeout, finalized
-        for value in ["1.2.3", "", "", "u"] {
-            raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            raw.extend_from_slice(value.as_bytes());
-        }
-        raw
-    }
-
     #[test]
     fn reads_a_compact_record() {
         let session = parse(&compact()).unwrap();
@@ -271,7 +203,17 @@ mod tests {
         assert_eq!(session.ended_at, Some(1_795_569_300_700));
         let reports: Vec<_> = session.reports.iter().map(|r| r.as_bytes()[0]).collect();
         assert_eq!(reports, [1, 2]);
-        assert_shared_parts(&session);
+        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
+        assert_eq!(session.index, 3);
+        assert_eq!(session.started_at, 1_795_569_300_539);
+        assert_eq!(session.last_activity_at, 1_795_569_300_600);
+        assert_eq!(session.errors, 2);
+        assert_eq!(session.status, Status::Errored);
+        assert_eq!(session.reason, Reason::IdleTimeout);
+        assert!(session.finalized);
+        assert_eq!(session.attributes.release.as_deref(), Some("1.2.3"));
+        assert_eq!(session.attributes.environment, None);
+        assert_eq!(session.attributes.user_id.as_deref(), Some("u"));
     }
 
     #[test]
@@ -295,43 +237,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_fixed_width_record_of_earlier_versions() {
-        let session = parse(&fixed_width()).unwrap();
-        assert_eq!(session.previous, None);
-        assert_eq!((session.background_since, session.ended_at), (None, None));
-        assert_shared_parts(&session);
-    }
-
-    /// What the compact and fixed-width test records share.
-    fn assert_shared_parts(session: &SessionState) {
-        assert_eq!(session.id.as_str(), "1454552aede69aa12d19");
-        assert_eq!(session.index, 3);
-        assert_eq!(session.started_at, 1_795_569_300_539);
-        assert_eq!(session.last_activity_at, 1_795_569_300_600);
-        assert_eq!(session.errors, 2);
-        assert_eq!(session.status, Status::Errored);
-        assert_eq!(session.reason, Reason::IdleTimeout);
-        assert!(session.finalized);
-        assert_eq!(session.attributes.release.as_deref(), Some("1.2.3"));
-        assert_eq!(session.attributes.environment, None);
-        assert_eq!(session.attributes.user_id.as_deref(), Some("u"));
-    }
-
-    #[test]
-    fn reads_a_json_record_of_earlier_versions() {
-        let session = parse(
-            br#"{"s":"1454552aede69aa12d19","i":1,"t0":5,"t":6,"st":"ok","r":"new_client","a":{}}"#,
-        )
-        .unwrap();
-        assert_eq!((session.index, session.started_at), (1, 5));
-    }
-
-    #[test]
     fn a_cut_record_is_an_error_not_a_panic() {
-        for raw in [compact(), fixed_width()] {
-            for len in 0..raw.len() {
-                assert!(parse(&raw[..len]).is_err(), "cut at {len}");
-            }
+        let raw = compact();
+        for len in 0..raw.len() {
+            assert!(parse(&raw[..len]).is_err(), "cut at {len}");
         }
     }
 }

@@ -5,8 +5,7 @@
 //! - `PREFIX:{bucket}:r:XX`  hash of the current sessions of the bucket's clients whose hash
 //!   starts with XX: field `NS:HASH`, a packed record (`record.rs`). A field cannot expire, so
 //!   readers treat a record past client retention as gone and the sweeper removes it
-//!   (lib.lua's `record_expires`); an earlier version's `PREFIX:{bucket}:c:NS:HASH` key is read
-//!   until the record is next written;
+//!   (lib.lua's `record_expires`);
 //! - `PREFIX:{bucket}:a:NS:HASH`  hash of the client's earlier sessions still retained (id ->
 //!   packed record);
 //! - `PREFIX:{I}:i:J`  hash of the pointers from session ids to their clients, I and J the
@@ -18,7 +17,7 @@
 //! writes it, and a cluster spreads it with the clients:
 //! - `PREFIX:{bucket}:wake`  the bucket's records hashes (by XX) by when the sweeper should
 //!   look at them next (lib.lua's `schedule`): set when a session starts, moved by the
-//!   sweeper. An earlier version's due index (`due`, `d:XX`) is drained by the sweeper;
+//!   sweeper;
 //! - `PREFIX:{bucket}:ev`  stream of the bucket's lifecycle events, trimmed with `MAXLEN ~`;
 //! - `PREFIX:{bucket}:s:DAY`  hash of stats counters of sessions started that day
 //!   (`domain::stats`), expiring `stats_retention` after the day.
@@ -317,19 +316,11 @@ impl RedisStore {
         call
     }
 
-    /// The client a session id's pointer names, and when the pointer expires. A session
-    /// started by an earlier version has its pointer in a key of its own (`PREFIX:id:{ID}`,
-    /// holding `NS:HASH`, expiring with it), read when the id has no pointer field.
+    /// The client a session id's pointer names, and when the pointer expires.
     async fn read_pointer(&self, id: &SessionId) -> Result<Option<Pointer>, StoreError> {
         let (key, field) = pointer_location(&self.prefix, id);
         let mut con = self.connection();
-        let mut value: Option<String> = self.bounded(con.hget(key, field)).await?;
-        if value.is_none() {
-            let earlier: Option<String> = self
-                .bounded(con.get(format!("{}:id:{{{id}}}", self.prefix)))
-                .await?;
-            value = earlier.map(|owner| format!("{}:{owner}", i64::MAX));
-        }
+        let value: Option<String> = self.bounded(con.hget(key, field)).await?;
         value
             .map(|value| {
                 Pointer::parse(&value)
@@ -828,8 +819,7 @@ impl SessionStore for RedisStore {
         let sweeps = (0..BUCKETS).map(|bucket| {
             let prefix = bucket_prefix(&self.prefix, bucket);
             let mut call = self.sweep_script.key(format!("{prefix}wake"));
-            call.key(format!("{prefix}due"))
-                .key(guard_key(&self.prefix, bucket))
+            call.key(guard_key(&self.prefix, bucket))
                 .arg(&prefix)
                 .arg(SWEEP_LIMIT)
                 .arg(self.retention.stats_ms())
@@ -1057,14 +1047,12 @@ fn record_location(prefix: &str, namespace: &Namespace, client: &ClientHash) -> 
 }
 
 /// A client's keys as decide.lua takes them, all tagged with the client's bucket: its records
-/// hash, its archive (`PREFIX:{bucket}:a:NS:HASH`), where an earlier version kept its
-/// current session (`PREFIX:{bucket}:c:NS:HASH`), and the bucket's migration guard.
-fn client_keys(prefix: &str, namespace: &Namespace, client: &ClientHash) -> [String; 4] {
+/// hash, its archive (`PREFIX:{bucket}:a:NS:HASH`) and the bucket's migration guard.
+fn client_keys(prefix: &str, namespace: &Namespace, client: &ClientHash) -> [String; 3] {
     let (records, member) = record_location(prefix, namespace, client);
     let bucket = bucket_of(client.as_str());
-    let [archive, earlier] =
-        ["a", "c"].map(|kind| format!("{prefix}:{{{bucket:02x}}}:{kind}:{member}"));
-    [records, archive, earlier, guard_key(prefix, bucket)]
+    let archive = format!("{}a:{member}", bucket_prefix(prefix, bucket));
+    [records, archive, guard_key(prefix, bucket)]
 }
 
 /// The bucket's migration guard (see the module's comment): named by every script that
@@ -1364,12 +1352,10 @@ mod tests {
     fn a_clients_keys_share_the_tag_of_its_bucket() {
         let client = ClientHash::parse_stored("3f2a0000000000000000000000000000").unwrap();
         let web = Namespace::parse("web").unwrap();
-        let [records, archive, earlier, guard] = client_keys("sd", &web, &client);
+        let [records, archive, guard] = client_keys("sd", &web, &client);
         assert_eq!(records, "sd:{2a}:r:3f");
         assert_eq!(archive, "sd:{2a}:a:web:3f2a0000000000000000000000000000");
-        assert_eq!(earlier, "sd:{2a}:c:web:3f2a0000000000000000000000000000");
         assert_eq!(tag(&records), tag(&archive));
-        assert_eq!(tag(&records), tag(&earlier));
         assert_eq!(guard, "sd:{2a}:guard");
         assert_eq!(
             record_location("sd", &web, &client).1,

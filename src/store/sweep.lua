@@ -6,9 +6,7 @@
 --
 -- KEYS[1] the bucket's wake index: a sorted set of its records hashes (by XX, lib.lua's
 -- records_key()) by when the first of their records is due (lib.lua's next_look()); KEYS[2]
--- the due index of earlier versions, drained here: a sorted set of sub-indexes (`d:XX`, sorted
--- sets of clients, NS:HASH, by when to look again) and of clients, each by when it is due;
--- KEYS[3] the bucket's migration guard (never written; redis.rs says why).
+-- the bucket's migration guard (never written; redis.rs says why).
 -- ARGV: bucket key prefix, limit, stats_retention_ms, events_max, client_retention_ms,
 --       session_retention_ms, then per namespace its name, idle_ms, max_ms and mode; the name
 --       '' is the policy of namespaces not listed.
@@ -66,46 +64,5 @@ for _, sub in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
   if again then redis.call('ZADD', KEYS[1], again, sub) else redis.call('ZREM', KEYS[1], sub) end
 end
 
--- Looks at one due client of an earlier version's index `index`, whose record is in a key of
--- its own: finalizes its session if over, else asks again at its deadline; a finalized or gone
--- session leaves the index (a record since moved to a records hash is gone from that key).
-local function look_at_legacy(index, member)
-  local ns = string.match(member, '^([^:]*):')
-  local key = prefix .. 'c:' .. member
-  local raw = redis.call('GET', key)
-  local s = raw and unpack_record(raw)
-  local P = policies[ns] or policies['']
-  local at_time = s and math.max(now, s.t)
-  local at = s and not s.f and deadline(s, P)
-  if at and at_time < at then
-    redis.call('ZADD', index, at, member)
-    return
-  end
-  if s and not s.f then
-    finalize_over(s, ns, P, at_time)
-    redis.call('SET', key, pack_record(s), 'KEEPTTL')
-  end
-  redis.call('ZREM', index, member)
-end
-
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
-  if looked_at >= limit then break end
-  if string.find(id, ':', 1, true) then
-    -- A client (NS:HASH) made due in the one-level index of an earlier version still.
-    looked_at = looked_at + 1
-    look_at_legacy(KEYS[2], id)
-  else
-    local sub = prefix .. 'd:' .. id
-    local due = redis.call('ZRANGEBYSCORE', sub, '-inf', now, 'LIMIT', 0, limit - looked_at)
-    looked_at = looked_at + #due
-    for _, member in ipairs(due) do look_at_legacy(sub, member) end
-    local first = redis.call('ZRANGE', sub, 0, 0, 'WITHSCORES')
-    if first[2] then
-      redis.call('ZADD', KEYS[2], first[2], id)
-    else
-      redis.call('ZREM', KEYS[2], id)
-    end
-  end
-end
 return {finalized, looked_at, by_status.exited, by_status.errored, by_status.abnormal,
   by_status.crashed}

@@ -1,6 +1,6 @@
 //! What only the Redis store has to prove: every key of a client, a session or a day of stats
 //! expires or is dropped by the sweeper once past retention, the per-bucket health keys stay
-//! bounded, raw client keys never reach Redis, and records of earlier versions are still read.
+//! bounded, and raw client keys never reach Redis.
 
 use redis::AsyncCommands;
 use serde_json::json;
@@ -57,17 +57,12 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
     assert_eq!((fields(":r:").await, of_kind(":a:")), (2, 1), "{keys:?}");
     assert_eq!(fields(":i:").await, 3, "{keys:?}");
     // The buckets of a and b (one or two) each hold a stats day, an event stream and the wake
-    // index of their records hashes; nothing is left in an earlier version's keys.
+    // index of their records hashes.
     let buckets = of_kind(":ev");
     assert!((1..=2).contains(&buckets), "{keys:?}");
     assert_eq!(
-        (
-            of_kind(":s:"),
-            of_kind(":wake"),
-            of_kind(":c:"),
-            of_kind(":due")
-        ),
-        (buckets, buckets, 0, 0),
+        (of_kind(":s:"), of_kind(":wake")),
+        (buckets, buckets),
         "{keys:?}"
     );
     assert_eq!(
@@ -125,100 +120,6 @@ async fn client_session_and_stats_keys_expire_and_no_raw_client_key_reaches_redi
     }
 }
 
-/// A session kept by an earlier version, as JSON or packed in the fixed-width format 1, in a
-/// key of its own, is still read: the client keeps its session, and the record moves to its
-/// records hash in the compact format on its next change.
-#[tokio::test]
-async fn a_session_record_an_earlier_version_wrote_is_still_read() {
-    let redis = redis_server::shared();
-    let prefix = format!("j{}", &new_client()[..12]);
-    let app = spawn_on_redis(&format!("key_prefix = \"{prefix}\""), redis.clone()).await;
-    for format in ["json", "fixed width"] {
-        let client = new_client();
-        let first = app
-            .tick(json!({"client": client, "attributes": {"release": "1.0"}}))
-            .await
-            .expect(200);
-        let mut con = redis.connection().await;
-        let (records, member) = record_of_client(&mut con, &prefix, &first).await;
-        let id = first["session_id"].as_str().unwrap();
-        let started = millis(&first["started_at"]);
-        let earlier = match format {
-            "json" => json!({"s": id, "i": 1, "t0": started, "t": started, "st": "ok",
-                "r": "new_client", "a": {"release": "1.0"}, "px": started + 86_400_000})
-            .to_string()
-            .into_bytes(),
-            _ => fixed_width_record(id, started, "1.0"),
-        };
-        let earlier_key = earlier_key_of(&records, &member);
-        let _: () = con.hdel(&records, &member).await.unwrap();
-        let _: () = con.set(&earlier_key, earlier).await.unwrap();
-
-        for call in ["current", "tick"] {
-            let answer = app
-                .post(&format!("/v1/sessions/{call}"), json!({"client": client}))
-                .await
-                .expect(200);
-            assert_eq!(answer["session_id"], id, "{format} {call}");
-            assert_eq!(answer["created"], false, "{format} {call}");
-            assert_eq!(answer["index"], 1, "{format} {call}");
-            assert_eq!(answer["attributes"]["release"], "1.0", "{format} {call}");
-        }
-        let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
-        assert_eq!(record.first(), Some(&2), "{format}: compact after the tick");
-        let left: bool = con.exists(&earlier_key).await.unwrap();
-        assert!(
-            !left,
-            "{format}: the earlier key is gone once the record moved"
-        );
-    }
-}
-
-/// A live session's record as earlier versions packed it (format 1: fixed width, ids in hex).
-fn fixed_width_record(id: &str, started: i64, release: &str) -> Vec<u8> {
-    let mut raw = vec![1, id.len() as u8];
-    raw.extend_from_slice(id.as_bytes());
-    raw.push(0); // no previous id
-    raw.extend_from_slice(&1u32.to_be_bytes());
-    // Started, last activity, background since, ended, pointer expiry, errors.
-    for n in [started, started, 0, 0, started + 86_400_000, 0] {
-        raw.extend_from_slice(&n.to_be_bytes()[2..]);
-    }
-    raw.extend_from_slice(&[0, 0, 0]); // ok, new_client, not finalized
-    for value in [release, "", "", ""] {
-        raw.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        raw.extend_from_slice(value.as_bytes());
-    }
-    raw
-}
-
-/// The records hash (`PREFIX:{B}:r:XX`) and field (`NS:HASH`) of the client whose session
-/// `answer` shows.
-async fn record_of_client(
-    con: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-    answer: &serde_json::Value,
-) -> (String, String) {
-    let id = answer["session_id"].as_str().unwrap();
-    let pointers: Vec<String> = con.keys(format!("{prefix}:*:i:*")).await.unwrap();
-    for pointers in pointers {
-        if let Some(pointer) = con
-            .hget::<_, _, Option<String>>(&pointers, &id[4..])
-            .await
-            .unwrap()
-        {
-            let member = pointer.split_once(':').unwrap().1.to_owned();
-            // The bucket is the hash's second byte, the records hash its first.
-            let hash = member.split_once(':').unwrap().1;
-            return (
-                format!("{prefix}:{{{}}}:r:{}", &hash[2..4], &hash[..2]),
-                member,
-            );
-        }
-    }
-    panic!("no pointer for {id}")
-}
-
 /// The records hash (`PREFIX:{B}:r:XX`) and field (`NS:HASH`) of the one client of a prefix.
 async fn record_of_one_client(
     con: &mut redis::aio::MultiplexedConnection,
@@ -229,70 +130,6 @@ async fn record_of_one_client(
     let members: Vec<String> = con.hkeys(&records[0]).await.unwrap();
     assert_eq!(members.len(), 1, "{members:?}");
     (records[0].clone(), members[0].clone())
-}
-
-/// Where an earlier version kept a client's current session: `PREFIX:{B}:c:NS:HASH`.
-fn earlier_key_of(records: &str, member: &str) -> String {
-    let (bucket, _) = records.split_once(":r:").unwrap();
-    format!("{bucket}:c:{member}")
-}
-
-/// A session started by an earlier version, which kept its current session and its id's
-/// pointer in keys of their own and made its client due in the bucket's one-level index, is
-/// still found by id, and the sweeper still finalizes it once it idles out.
-#[tokio::test]
-async fn a_session_an_earlier_version_started_is_found_by_id_and_swept() {
-    let redis = redis_server::shared();
-    let prefix = format!("u{}", &new_client()[..12]);
-    let config = format!(
-        "key_prefix = \"{prefix}\"\nsweep_interval = \"100ms\"\n[namespaces.web]\nidle_timeout = \"1s\""
-    );
-    let app = spawn_on_redis(&config, redis.clone()).await;
-    let first = app
-        .tick(json!({"namespace": "web", "client": new_client()}))
-        .await
-        .expect(200);
-    let id = first["session_id"].as_str().unwrap();
-
-    // Rewrite its record, pointer and due entry as the earlier version kept them.
-    let mut con = redis.connection().await;
-    let (records, member) = record_of_one_client(&mut con, &prefix).await;
-    let (bucket, sub) = records.split_once(":r:").unwrap();
-    let wake = format!("{bucket}:wake");
-    let at: i64 = con.zscore(&wake, sub).await.unwrap();
-    let record: Vec<u8> = con.hget(&records, &member).await.unwrap();
-    let _: () = con.del(&[&records, &wake]).await.unwrap();
-    let _: () = con
-        .set_ex(earlier_key_of(&records, &member), record, 60)
-        .await
-        .unwrap();
-    let pointers: Vec<String> = con.keys(format!("{prefix}:*:i:*")).await.unwrap();
-    assert_eq!(pointers.len(), 1, "{pointers:?}");
-    let pointer: String = con.hget(&pointers[0], &id[4..]).await.unwrap();
-    assert_eq!(pointer.split_once(':').unwrap().1, member);
-    let _: () = con.del(&pointers[0]).await.unwrap();
-    let _: () = con
-        .set_ex(format!("{prefix}:id:{{{id}}}"), &member, 60)
-        .await
-        .unwrap();
-    let _: () = con
-        .zadd(format!("{bucket}:due"), &member, at)
-        .await
-        .unwrap();
-
-    let found = app.lookup(id).await.expect(200);
-    assert_eq!(found["namespace"], "web");
-    wait_past(&first["expires_at"]).await;
-    let ended = eventually(SWEEP_BOUND, || async {
-        let page = app.get("/v1/events?limit=100").await.expect(200);
-        page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "ended" && e["session_id"] == id)
-    })
-    .await;
-    assert!(ended, "the sweeper finalized the earlier version's session");
 }
 
 /// A client's record past client retention is gone: its next call starts its first session
