@@ -79,6 +79,7 @@ impl Application {
                     // The workers, and the thread that runs the sweeper.
                     threads: settings.workers.unwrap_or_else(default_workers) + 1,
                     durability: settings.durability,
+                    clock: None,
                 };
                 let store = RedisStore::connect(target, &options, ids.clone())
                     .map_err(|e| StartError::Redis(e.to_string()))?;

@@ -1,4 +1,4 @@
--- Many decisions in one call (after hot.lua, lib.lua and decide.lua), in the order
+-- Many decisions in one call (after prelude.lua, lib.lua and decide.lua), in the order
 -- given, so one client's calls keep their order. A client whose call needs a new session id (the
 -- caller reserves ids outside this slot) has its later calls skipped; the caller runs them
 -- after, one by one. On a cluster, all keys of one batch call share a slot.

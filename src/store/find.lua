@@ -1,4 +1,4 @@
--- Reads one session by id from its client's records (appended to hot.lua and lib.lua): the
+-- Reads one session by id from its client's records (appended to prelude.lua and lib.lua): the
 -- current session or the archive.
 -- KEYS as decide.lua takes them: the client's records hash and its archive (and the guard,
 -- unused here); ARGV[1] the session id.

@@ -1,4 +1,4 @@
--- Shared by the decision, sweep and find scripts, which are appended to it (after hot.lua):
+-- Shared by the decision, sweep and find scripts, which are appended to it (after prelude.lua):
 -- the store's clock, records, deadlines, finalization, lifecycle events and stats.
 -- Implements src/domain (decision.rs, health.rs, stats.rs); keep them in step.
 --
@@ -16,7 +16,7 @@ local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 -- absent fields are nil; k is the list of the digests of its recent report ids, oldest
 -- first. src/store/record.rs reads the same layouts; keep them in step.
 -- Packed (big-endian), format 2: the format byte, the id's 10 bytes, a byte of FLAGS (which
--- optional parts follow, and whether it is finalized: hot.lua's FLAG_*), the previous id's 10 bytes, index,
+-- optional parts follow, and whether it is finalized: prelude.lua's FLAG_*), the previous id's 10 bytes, index,
 -- started, last activity, pointer expiry, background since, ended, errors (each time 6 bytes),
 -- status * 16 + reason, then the four attributes, each after its 2-byte length ('' when
 -- absent), then the count of report digests and the digests (8 bytes each). At about 60
@@ -205,7 +205,7 @@ local function user_marks(H, x)
 end
 
 local function event(H, kind, x, ended)
-  local args = {'XADD', H.prefix .. 'ev', 'MAXLEN', '~', H.events_max, '*',
+  local args = {'XADD', H.prefix .. 'ev', 'MAXLEN', '~', H.events_max, EVENT_ID,
     'type', kind, 'namespace', H.ns, 'session_id', x.s, 'index', x.i, 'reason', x.r,
     'started_at', x.t0, 'last_activity_at', x.t, 'status', x.st, 'errors', x.n or 0}
   local function add(k, v) if v then args[#args + 1] = k; args[#args + 1] = v end end

@@ -1,4 +1,3 @@
-#!lua
 -- A session id's pointer to its client, which keeps ids unique among retained sessions and
 -- finds a session by id. Pointers are fields of small hashes, 256 per bucket by the id's second
 -- byte: Redis keeps small hashes compact (listpack), where a key per id cost about as much as
@@ -12,8 +11,7 @@
 --       clock). A pointer's value is `EXPIRES_AT_MS:NS:HASH`.
 -- reserve sets the pointer unless an unexpired one holds the id; extend moves an unexpired
 -- pointer's expiry later. Both return 1 if they wrote, else 0.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local key, field, op, expires = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 if op == 'reserve' then expires = string.format('%d', now + tonumber(ARGV[3])) end
 

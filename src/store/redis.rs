@@ -59,7 +59,7 @@ use super::{
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
 use crate::domain::{
-    Attributes, ClientHash, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
+    Attributes, ClientHash, Clock, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
     OnUserChange, Op, Policy, RecentReports, SessionId, SessionState, Status,
 };
 use crate::telemetry;
@@ -131,6 +131,8 @@ pub struct RedisStore {
     timeout: Duration,
     ids: Arc<dyn IdSource>,
     retention: Retention,
+    /// The clock given to the store (tests); None reads the Redis server's.
+    clock: Option<Arc<dyn Clock>>,
     hot_script: Script,
     session_script: Script,
     batch_script: Script,
@@ -151,28 +153,45 @@ pub struct RedisOptions {
     /// How many threads call the store (each gets a connection of its own).
     pub threads: usize,
     pub durability: Durability,
+    /// The store's clock. None, as in production: the Redis server's TIME. A clock given here
+    /// (tests) is read for every call and sent as its last argument (`GIVEN_CLOCK`).
+    pub clock: Option<Arc<dyn Clock>>,
 }
+
+/// The clock every script of a store given one (tests) starts with, in place of clock.lua:
+/// the call's last argument, taken off so the script sees its own arguments as usual. Events
+/// are stamped with it too, so it must not go back.
+const GIVEN_CLOCK: &str = "local given_now = table.remove(ARGV)
+local EVENT_ID = given_now .. '-*'
+given_now = tonumber(given_now)
+local function clock() return given_now end
+";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
 
-/// A script of lib.lua's users: hot.lua, the caps on stats names lib.lua reads, lib.lua, then
-/// `tail`.
+/// A script: the shebang (so it touches declared keys only), the clock, then `body`.
+fn script(clock: &str, body: &str) -> Script {
+    Script::new(&format!("#!lua\n{clock}{body}"))
+}
+
+/// The body of a script of lib.lua's users: prelude.lua, the caps on stats names lib.lua
+/// reads, lib.lua, then `tail`.
 fn with_lib(names: &StatsNames, tail: &str) -> String {
     format!(
-        "#!lua\n{}local STATS_MAX_RELEASES, STATS_MAX_ENVIRONMENTS = {}, {}\n{}{tail}",
-        include_str!("hot.lua"),
+        "{}local STATS_MAX_RELEASES, STATS_MAX_ENVIRONMENTS = {}, {}\n{}{tail}",
+        include_str!("prelude.lua"),
         names.releases,
         names.environments,
         include_str!("lib.lua"),
     )
 }
 
-/// A script with the hot decision (fast.lua) put in place of its `-- @fast` line.
-fn with_fast(source: &str) -> Script {
-    Script::new(&source.replacen("-- @fast\n", include_str!("fast.lua"), 1))
+/// A script body with the hot decision (fast.lua) put in place of its `-- @fast` line.
+fn with_fast(source: &str) -> String {
+    source.replacen("-- @fast\n", include_str!("fast.lua"), 1)
 }
 
 /// How many calls one batch script decides at most: a script holds its Redis while it runs
@@ -219,8 +238,14 @@ impl RedisStore {
             retention,
             threads,
             durability,
+            ref clock,
         } = *options;
         let names = retention.stats_names;
+        let clock = clock.clone();
+        let clock_source = match clock {
+            Some(_) => GIVEN_CLOCK,
+            None => include_str!("clock.lua"),
+        };
         // Bounded connection and response times, and a short reconnect backoff, so a call
         // during an outage or a failover fails within the store timeout and recovery is quick.
         let config = ConnectionManagerConfig::new()
@@ -265,23 +290,32 @@ impl RedisStore {
             timeout,
             ids,
             retention,
-            hot_script: with_fast(concat!(
-                "#!lua\n",
-                include_str!("hot.lua"),
-                include_str!("tick.lua")
-            )),
-            session_script: Script::new(&with_lib(
-                &names,
-                concat!(include_str!("decide.lua"), include_str!("session.lua")),
-            )),
-            batch_script: with_fast(&with_lib(
-                &names,
-                concat!(include_str!("decide.lua"), include_str!("batch.lua")),
-            )),
-            sweep_script: Script::new(&with_lib(&names, include_str!("sweep.lua"))),
-            find_script: Script::new(&with_lib(&names, include_str!("find.lua"))),
-            events_script: Script::new(include_str!("events.lua")),
-            pointer_script: Script::new(include_str!("pointer.lua")),
+            hot_script: script(
+                clock_source,
+                &with_fast(concat!(
+                    include_str!("prelude.lua"),
+                    include_str!("tick.lua")
+                )),
+            ),
+            session_script: script(
+                clock_source,
+                &with_lib(
+                    &names,
+                    concat!(include_str!("decide.lua"), include_str!("session.lua")),
+                ),
+            ),
+            batch_script: script(
+                clock_source,
+                &with_fast(&with_lib(
+                    &names,
+                    concat!(include_str!("decide.lua"), include_str!("batch.lua")),
+                )),
+            ),
+            sweep_script: script(clock_source, &with_lib(&names, include_str!("sweep.lua"))),
+            find_script: script(clock_source, &with_lib(&names, include_str!("find.lua"))),
+            events_script: script(clock_source, include_str!("events.lua")),
+            pointer_script: script(clock_source, include_str!("pointer.lua")),
+            clock,
         })
     }
 
@@ -306,6 +340,14 @@ impl RedisStore {
     /// About how many events each bucket's stream keeps, so all of them keep `events`.
     fn events_per_bucket(&self) -> usize {
         self.retention.events.div_ceil(BUCKETS as usize).max(1)
+    }
+
+    /// Ends a script call's arguments: with a clock given to the store (tests), its now, which
+    /// the script's GIVEN_CLOCK takes off again. Every call's last step before it is sent.
+    fn given_now(&self, call: &mut redis::ScriptInvocation<'_>) {
+        if let Some(clock) = &self.clock {
+            call.arg(clock.now_ms());
+        }
     }
 
     /// A call of pointer.lua on a session id's pointer, with its first time argument.
@@ -470,6 +512,7 @@ impl RedisStore {
             let mut con = self.connection();
             let mut call = self.pointer("reserve", &candidate, ttl_ms);
             call.arg(&tag);
+            self.given_now(&mut call);
             let set: i64 = self.bounded(call.invoke_async(&mut con)).await?;
             if set == 1 {
                 return Ok(candidate);
@@ -495,6 +538,7 @@ impl RedisStore {
         let call = hot_call(op, &cmd.policy, &self.retention, &cmd.attributes);
         let mut invocation = self.hot_script.key(records);
         invocation.arg(member).arg(call);
+        self.given_now(&mut invocation);
         let mut con = self.connection();
         let value = self.bounded(invocation.invoke_async(&mut con)).await;
         Some(value.and_then(parse_hot_reply))
@@ -512,6 +556,7 @@ impl RedisStore {
     ) -> Result<Reply, StoreError> {
         let mut invocation = self.session_script.prepare_invoke();
         self.add_call(&mut invocation, cmd, candidate);
+        self.given_now(&mut invocation);
         let value: Value = self.bounded(invocation.invoke_async(con)).await?;
         parse_reply(value)
     }
@@ -565,7 +610,8 @@ impl RedisStore {
 
     async fn extend_pointer(&self, id: &SessionId, until_ms: i64) {
         let mut con = self.connection();
-        let call = self.pointer("extend", id, until_ms);
+        let mut call = self.pointer("extend", id, until_ms);
+        self.given_now(&mut call);
         if let Err(e) = self.bounded(call.invoke_async::<i64>(&mut con)).await {
             let request_id = telemetry::request_id();
             tracing::warn!(request_id, error = %e, "could not extend a session id pointer; lookups by id may end early");
@@ -659,7 +705,8 @@ impl RedisStore {
             if now.is_empty() {
                 continue;
             }
-            let invocation = self.batch_invocation(commands, &now);
+            let mut invocation = self.batch_invocation(commands, &now);
+            self.given_now(&mut invocation);
             let mut con = self.connection();
             let replies = self
                 .bounded(invocation.invoke_async(&mut con))
@@ -791,6 +838,7 @@ impl SessionStore for RedisStore {
             call.key(key);
         }
         call.arg(id.as_str());
+        self.given_now(&mut call);
         let (now, record): (i64, Vec<u8>) = self.bounded(call.invoke_async(&mut con)).await?;
         if record.is_empty() || pointer.expires_at_ms <= now {
             return Ok(None);
@@ -833,6 +881,7 @@ impl SessionStore for RedisStore {
                     .arg(max_duration_arg(&policy))
                     .arg(mode_name(&policy));
             }
+            self.given_now(&mut call);
             let mut con = self.connection();
             async move {
                 self.bounded(call.invoke_async::<SweepReply>(&mut con))
@@ -884,6 +933,7 @@ impl SessionStore for RedisStore {
                     .events_script
                     .key(format!("{}ev", bucket_prefix(&self.prefix, bucket)));
                 call.arg(start).arg(limit);
+                self.given_now(&mut call);
                 async move { call.invoke_async(&mut con).await }
             })
             .await?;

@@ -1,5 +1,5 @@
 -- Finalizes the sessions of one bucket that idled out while their clients stayed away, and
--- drops the records past retention (appended to hot.lua and lib.lua). One bucket is one atomic
+-- drops the records past retention (appended to prelude.lua and lib.lua). One bucket is one atomic
 -- call, so instances sweeping at the same time never finalize a session twice: the first marks
 -- it finalized, the next sees that.
 -- Implements `sweep` of src/domain/decision.rs; keep the two in step.

@@ -1,4 +1,4 @@
--- The hot script (after hot.lua): a tick or current call, decided when the hot decision
+-- The hot script (after prelude.lua): a tick or current call, decided when the hot decision
 -- (fast.lua) can, with only what it needs.
 -- KEYS[1] the records hash of the client's current session; ARGV[1] its field (NS:HASH);
 -- ARGV[2] the call, packed so that no number is parsed from text: the op ('c' current, 't'

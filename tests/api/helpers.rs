@@ -244,8 +244,8 @@ async fn spawn_listening(
 }
 
 /// Held by the tests that load the whole machine (cluster operations and primary kills under
-/// load) and by the one that measures real time closely (the model test on Redis), so that
-/// none of them runs beside another: on two cores, one's load would skew the other's clock.
+/// load, the model tests on Redis), so that none of them runs beside another: on two cores, one's load would skew the
+/// other's timing.
 pub static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fresh client key, so tests sharing a redis-server never meet.

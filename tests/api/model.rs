@@ -1,14 +1,13 @@
 //! A model test of CONTRACT sections 3 to 5 and 8: a small pure model of the session
 //! authority on a virtual clock, and proptest driving random sequences of calls, clients,
-//! namespaces (with different policies), clock advances and sweeps through the in-memory store
-//! (on a manual clock) and through the Redis store (a real redis-server, real time), checking
-//! every answer and, at the end, the lifecycle events against the model.
+//! namespaces (with different policies), clock advances and sweeps through the in-memory
+//! store, a real redis-server and a real Redis Cluster, every call alone and in batches,
+//! checking every answer and, at the end, the lifecycle events against the model.
 //!
-//! Time moves in units, and every policy duration is a whole number of units plus a part (a
-//! half for idle timeouts, a quarter for max durations), so no decision falls on a boundary
-//! and no idle timeout ends with a max duration: the Redis replay, which really waits, stays
-//! exact while its real clock runs a little ahead of the model's. (Were the two to end in the
-//! same instant, the replay's timing, not the store, would pick the reason.)
+//! Every store runs on a clock the test moves: the Redis store, given one, sends its time with
+//! every script call in place of the Redis server's. Time moves in whole units and every
+//! policy duration is a whole number of units, so calls land exactly on idle deadlines and max
+//! durations, and an idle deadline can fall in the same instant as the max duration.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use proptest::test_runner::{Config, TestRunner};
 use sessiond::domain::{
     Attributes, ClientHash, ClientHasher, ClientKey, Clock, EndStatus, EventKind, IdSource,
     ManualClock, Mode, Namespace, OnUserChange, Op, OsRandom, Policy, Report, ReportId, SessionId,
-    Status,
+    Status, SystemClock,
 };
 use sessiond::http::views::SessionRecord;
 use sessiond::store::redis::Target;
@@ -28,7 +27,7 @@ use sessiond::store::{
     SessionStore,
 };
 
-use crate::redis_server;
+use crate::{redis_cluster, redis_server};
 
 // ---------------------------------------------------------------- the generated calls
 
@@ -129,20 +128,20 @@ fn step() -> impl Strategy<Value = Step> {
 
 // ---------------------------------------------------------------- the model
 
-/// Time unit of the model, and of the Redis replay's waits.
+/// Time unit of the model.
 const UNIT_MS: i64 = 300;
 
 fn policy(ns: Ns) -> Policy {
     match ns {
         Ns::Web => Policy {
-            idle_timeout_ms: 2 * UNIT_MS + UNIT_MS / 2,
+            idle_timeout_ms: 2 * UNIT_MS,
             max_duration_ms: None,
             mode: Mode::Inactivity,
             on_user_change: OnUserChange::Keep,
         },
         Ns::App => Policy {
-            idle_timeout_ms: UNIT_MS + UNIT_MS / 2,
-            max_duration_ms: Some(6 * UNIT_MS + UNIT_MS / 4),
+            idle_timeout_ms: UNIT_MS,
+            max_duration_ms: Some(6 * UNIT_MS),
             mode: Mode::Background,
             on_user_change: OnUserChange::Restart,
         },
@@ -561,11 +560,12 @@ impl Model {
 
 // ---------------------------------------------------------------- running a sequence
 
-/// How the store under test keeps time.
-enum Time {
-    Manual(Arc<ManualClock>),
-    /// Real time, from when the run started.
-    Real(tokio::time::Instant),
+/// How a run sends its calls: one by one, or each run of calls between two clock moves or
+/// sweeps as one batch (split where a call names a session the batch has not answered yet).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Calls {
+    Single,
+    Batch,
 }
 
 /// Symbols of the model mapped to the store's session ids, both ways.
@@ -603,13 +603,21 @@ fn ms(rfc3339: &str) -> i64 {
 
 struct Run {
     store: Arc<dyn SessionStore>,
-    time: Time,
+    /// The store's clock; the model's time 0 is where it started.
+    clock: Arc<ManualClock>,
+    base: i64,
+    calls: Calls,
     hasher: ClientHasher,
-    /// Store time of the model's time 0; learned from the first answer on real time.
-    base: Option<i64>,
-    /// How far a store time may be from the model's (0 on a manual clock).
-    slack: i64,
     ids: Ids,
+}
+
+/// A call sent and the model's answer to it, compared once the store has answered.
+struct Sent {
+    step: usize,
+    command: Command,
+    expected: Answer,
+    finalized: Option<Status>,
+    ns: Ns,
 }
 
 impl Run {
@@ -618,21 +626,10 @@ impl Run {
         self.hasher.hash(&ClientKey::parse(&key, 1).unwrap())
     }
 
-    fn same_time(
-        &mut self,
-        what: &str,
-        store: i64,
-        model: i64,
-        now_store: i64,
-        now_model: i64,
-    ) -> Result<(), String> {
-        let base = *self.base.get_or_insert(now_store - now_model);
-        let expected = base + model;
-        if (store - expected).abs() > self.slack {
-            return Err(format!(
-                "{what}: store {store}, model {expected} (slack {})",
-                self.slack
-            ));
+    fn same_time(&self, what: &str, store: i64, model: i64) -> Result<(), String> {
+        let expected = self.base + model;
+        if store != expected {
+            return Err(format!("{what}: store {store}, model {expected}"));
         }
         Ok(())
     }
@@ -643,7 +640,6 @@ impl Run {
         (expected, finalized): (&Answer, Option<Status>),
         got: Outcome,
         ns: Ns,
-        model_now: i64,
     ) -> Result<(), String> {
         let at = format!("step {step}");
         match (expected, got) {
@@ -734,7 +730,7 @@ impl Run {
                 ];
                 for (field, got, want) in times {
                     if let (Some(got), Some(want)) = (got, want) {
-                        self.same_time(field, ms(&got), want, now, model_now)
+                        self.same_time(field, ms(&got), want)
                             .map_err(|e| format!("{at}: {e}"))?;
                     }
                 }
@@ -746,16 +742,18 @@ impl Run {
         }
     }
 
-    /// Moves the clock on to the model's time `now`, `units` later than before.
-    async fn advance(&self, units: u8, now: i64) {
-        match &self.time {
-            Time::Manual(clock) => clock.advance(i64::from(units) * UNIT_MS),
-            // The store's clock is Redis's own: the replay waits for real, until the model's
-            // time since the start, so the calls' own durations do not add up across steps.
-            Time::Real(start) => {
-                tokio::time::sleep_until(*start + Duration::from_millis(now as u64)).await;
-            }
+    /// Sends the calls held for a batch, and compares the answers.
+    async fn send(&mut self, sent: &mut Vec<Sent>) -> Result<(), String> {
+        if sent.is_empty() {
+            return Ok(());
         }
+        let commands: Vec<Command> = sent.iter().map(|s| s.command.clone()).collect();
+        let answers = self.store.execute_batch(&commands).await;
+        for (s, got) in sent.drain(..).zip(answers) {
+            let got = got.map_err(|e| format!("step {}: {e}", s.step))?;
+            self.compare(s.step, (&s.expected, s.finalized), got, s.ns)?;
+        }
+        Ok(())
     }
 }
 
@@ -769,16 +767,15 @@ fn policies() -> Policies {
 /// Runs one sequence through a store and the model; the first disagreement is the error.
 async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> {
     let mut model = Model::default();
-    if let Time::Real(start) = &mut run.time {
-        // Connected first, so the model's time 0 is when the first call can go out.
-        run.store.ping().await.map_err(|e| e.to_string())?;
-        *start = tokio::time::Instant::now();
-    }
+    let mut held = Vec::new();
     for (n, step) in steps.iter().enumerate() {
+        if !matches!(step, Step::Call { .. }) {
+            run.send(&mut held).await?;
+        }
         match step {
             Step::Advance(units) => {
                 model.now += i64::from(*units) * UNIT_MS;
-                run.advance(*units, model.now).await;
+                run.clock.advance(i64::from(*units) * UNIT_MS);
             }
             Step::Sweep => {
                 model.sweep();
@@ -807,6 +804,12 @@ async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> 
                     }
                     _ => None,
                 };
+                // A session the batch held so far has not answered yet has no id to name.
+                if let Some(Resolved::Sym(sym)) = named
+                    && !run.ids.by_sym.contains_key(&sym)
+                {
+                    run.send(&mut held).await?;
+                }
                 let named_id = |target: Option<Resolved>| match target {
                     None => None,
                     Some(Resolved::Sym(sym)) => Some(run.ids.by_sym[&sym].clone()),
@@ -858,21 +861,32 @@ async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> 
                     .iter()
                     .find(|e| e.1 == EventKind::Ended)
                     .map(|e| e.2);
-                let got = run
-                    .store
-                    .execute(&command)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                run.compare(n, (&expected, finalized), got, *ns, model.now)?;
+                let sent = Sent {
+                    step: n,
+                    command,
+                    expected,
+                    finalized,
+                    ns: *ns,
+                };
+                match run.calls {
+                    Calls::Batch => held.push(sent),
+                    Calls::Single => {
+                        let got = run
+                            .store
+                            .execute(&sent.command)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        run.compare(n, (&sent.expected, sent.finalized), got, sent.ns)?;
+                    }
+                }
             }
         }
     }
+    run.send(&mut held).await?;
     // Section 8: every session started once, finalized at most once, amended as the model says.
     // Redis gives an event only once every node's clock has passed its millisecond (so no
     // later event can land behind a cursor already given out): let that millisecond pass.
-    if let Time::Real(_) = run.time {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    run.clock.advance(1);
     let mut got: Vec<(usize, EventKind, Status)> = Vec::new();
     let mut after = None;
     loop {
@@ -915,8 +929,11 @@ fn hasher() -> ClientHasher {
     ClientHasher::new(&"model-test-secret-0123456789".into())
 }
 
-fn memory_run() -> Run {
-    let clock = Arc::new(ManualClock::starting_at(1_795_000_000_000));
+/// Where every run's clock starts.
+const START_MS: i64 = 1_795_000_000_000;
+
+fn memory_run(calls: Calls) -> Run {
+    let clock = Arc::new(ManualClock::starting_at(START_MS));
     let store = MemoryStore::new(
         clock.clone() as Arc<dyn Clock>,
         Arc::new(OsRandom),
@@ -924,10 +941,10 @@ fn memory_run() -> Run {
     );
     Run {
         store: Arc::new(store),
-        time: Time::Manual(clock),
+        clock,
+        base: START_MS,
+        calls,
         hasher: hasher(),
-        base: Some(1_795_000_000_000),
-        slack: 0,
         ids: Ids::default(),
     }
 }
@@ -960,47 +977,54 @@ fn regressions() -> Vec<Vec<Step>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_regressions_agree_with_the_model_on_both_stores() {
     let server = redis_server::shared();
+    let url = server.url();
     for (n, steps) in regressions().iter().enumerate() {
-        let mut memory = memory_run();
-        let found = check(&mut memory, steps, "regression").await;
-        assert!(
-            found.is_ok(),
-            "regression {n} in memory: {}",
-            found.unwrap_err()
-        );
-        let prefix = format!(
-            "model{}-regression-{n}",
-            &OsRandom.client_key().as_str()[..8]
-        );
-        let mut redis = redis_run(&server.url(), &prefix);
-        let found = check(&mut redis, steps, &prefix).await;
-        assert!(
-            found.is_ok(),
-            "regression {n} on Redis: {}",
-            found.unwrap_err()
-        );
+        for calls in [Calls::Single, Calls::Batch] {
+            let mut memory = memory_run(calls);
+            let found = check(&mut memory, steps, "regression").await;
+            assert!(
+                found.is_ok(),
+                "regression {n} in memory: {}",
+                found.unwrap_err()
+            );
+            let prefix = format!(
+                "model{}-regression-{n}",
+                &OsRandom.client_key().as_str()[..8]
+            );
+            let mut redis = redis_run(Target::Single(&url), &prefix, calls);
+            let found = check(&mut redis, steps, &prefix).await;
+            assert!(
+                found.is_ok(),
+                "regression {n} on Redis: {}",
+                found.unwrap_err()
+            );
+        }
     }
 }
 
-/// A run on the Redis store under its own key prefix.
-fn redis_run(url: &str, prefix: &str) -> Run {
+/// A run on the Redis store (one server or a cluster) under its own key prefix, on a clock
+/// the run moves: the store sends its time with every script call, in place of the Redis
+/// server's. It starts at the real time, since Redis still expires keys by its own clock,
+/// and the run's clock only moves ahead of it.
+fn redis_run(target: Target<'_>, prefix: &str, calls: Calls) -> Run {
+    let start = SystemClock.now_ms();
+    let clock = Arc::new(ManualClock::starting_at(start));
     let options = RedisOptions {
         prefix: prefix.to_owned(),
-        timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
         retention: retention(),
         threads: 1,
         durability: Durability::Async,
+        clock: Some(clock.clone()),
     };
-    let store = RedisStore::connect(Target::Single(url), &options, Arc::new(OsRandom))
-        .expect("the Redis URL is valid");
-    // Real time runs ahead of the model's by the calls' own duration: well within the quarter
-    // unit that separates every decision from its boundary.
+    let store =
+        RedisStore::connect(target, &options, Arc::new(OsRandom)).expect("the Redis URL is valid");
     Run {
         store: Arc::new(store),
-        time: Time::Real(tokio::time::Instant::now()),
+        clock,
+        base: start,
+        calls,
         hasher: hasher(),
-        base: None,
-        slack: UNIT_MS / 2 - 1,
         ids: Ids::default(),
     }
 }
@@ -1020,39 +1044,44 @@ fn the_in_memory_store_agrees_with_the_model() {
         .enable_all()
         .build()
         .unwrap();
-    let mut runner = TestRunner::new(config(2048));
-    runner
-        .run(&sequences(40), |steps| {
-            let mut run = memory_run();
-            let result = runtime.block_on(check(&mut run, &steps, "m"));
-            prop_assert!(result.is_ok(), "{}", result.unwrap_err());
-            Ok(())
-        })
-        .unwrap();
+    for calls in [Calls::Single, Calls::Batch] {
+        let mut runner = TestRunner::new(config(2048));
+        runner
+            .run(&sequences(40), |steps| {
+                let mut run = memory_run(calls);
+                let result = runtime.block_on(check(&mut run, &steps, "m"));
+                prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
-#[test]
-fn the_redis_store_agrees_with_the_model_and_the_memory_store() {
+/// Runs `cases` random sequences through a Redis store (a server or a cluster, by `urls`)
+/// and, each after it, through the in-memory store, sending the calls as `calls` says.
+fn redis_agrees(urls: &[String], calls: Calls, cases: u32) {
     let _alone = crate::helpers::ALONE.blocking_lock();
-    let server = redis_server::shared();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    // Each case waits for real, so fewer and shorter sequences than in memory.
-    let mut runner = TestRunner::new(config(16));
+    let mut runner = TestRunner::new(config(cases));
     let case = std::sync::atomic::AtomicUsize::new(0);
     runner
-        .run(&sequences(24), |steps| {
+        .run(&sequences(40), |steps| {
             let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let prefix = format!("model{}-{case}", &OsRandom.client_key().as_str()[..8]);
             let result = runtime.block_on(async {
-                let mut redis = redis_run(&server.url(), &prefix);
+                let target = match urls {
+                    [url] => Target::Single(url),
+                    seeds => Target::Cluster(seeds),
+                };
+                let mut redis = redis_run(target, &prefix, calls);
                 check(&mut redis, &steps, &prefix)
                     .await
                     .map_err(|e| format!("Redis: {e}"))?;
-                let mut memory = memory_run();
+                let mut memory = memory_run(calls);
                 check(&mut memory, &steps, &prefix)
                     .await
                     .map_err(|e| format!("memory: {e}"))
@@ -1061,4 +1090,21 @@ fn the_redis_store_agrees_with_the_model_and_the_memory_store() {
             Ok(())
         })
         .unwrap();
+}
+
+#[test]
+fn the_redis_store_agrees_with_the_model_call_by_call() {
+    redis_agrees(&[redis_server::shared().url()], Calls::Single, 2048);
+}
+
+#[test]
+fn the_redis_store_agrees_with_the_model_in_batches() {
+    redis_agrees(&[redis_server::shared().url()], Calls::Batch, 2048);
+}
+
+#[test]
+fn the_redis_cluster_agrees_with_the_model_call_by_call_and_in_batches() {
+    let cluster = redis_cluster::shared();
+    redis_agrees(&cluster.urls(), Calls::Single, 512);
+    redis_agrees(&cluster.urls(), Calls::Batch, 512);
 }

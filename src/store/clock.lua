@@ -1,0 +1,11 @@
+-- The store's clock, which every script starts with: the Redis server's TIME, in
+-- milliseconds, and the id of an event appended now, which Redis stamps with the same clock.
+-- (A store given a clock of its own, in tests, starts its scripts with one that reads the
+-- call's last argument instead; redis.rs's GIVEN_CLOCK.)
+local EVENT_ID = '*'
+
+local function clock()
+  local t = redis.call('TIME')
+  -- Lua reads the two numeric strings itself; tonumber() would cost two more calls.
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
