@@ -289,6 +289,24 @@ pub fn sweep(stored: Option<&SessionState>, policy: &Policy, now: i64) -> Sweep 
     }
 }
 
+/// The first state of a session started by `op`: in background mode, one started by a
+/// background call starts with its idle clock running, as any session that goes there does.
+pub fn started_by(
+    op: &Op,
+    policy: &Policy,
+    id: SessionId,
+    previous: Option<&SessionState>,
+    reason: Reason,
+    attributes: Attributes,
+    now: i64,
+) -> SessionState {
+    let mut session = started(id, previous, reason, attributes, now);
+    if matches!(op, Op::Background) && policy.mode == Mode::Background {
+        session.background_since = Some(now);
+    }
+    session
+}
+
 /// The first state of a new session.
 pub fn started(
     id: SessionId,
@@ -390,6 +408,36 @@ mod tests {
         background: BackgroundChange::Keep,
         bind_user: false,
     };
+
+    #[test]
+    fn a_session_a_background_call_starts_is_in_the_background_in_background_mode_only() {
+        let id = || SessionId::parse("00000000000000000002").unwrap();
+        let start = |policy: &Policy| {
+            let attributes = Attributes::default();
+            started_by(
+                &Op::Background,
+                policy,
+                id(),
+                None,
+                Reason::NewClient,
+                attributes,
+                MIN,
+            )
+        };
+        let app = policy(Mode::Background, Some(24 * 60 * MIN), OnUserChange::Keep);
+        assert_eq!(start(&app).background_since, Some(MIN));
+        assert_eq!(start(&web()).background_since, None);
+        let by_tick = started_by(
+            &Op::Tick,
+            &app,
+            id(),
+            None,
+            Reason::NewClient,
+            Attributes::default(),
+            MIN,
+        );
+        assert_eq!(by_tick.background_since, None);
+    }
 
     #[test]
     fn a_new_client_starts_a_session_unless_the_call_must_not_create() {

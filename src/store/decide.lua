@@ -90,6 +90,8 @@ local function decide(KEYS, ARGV)
     end
     local x = {s = candidate, i = prev and prev.i + 1 or 1, p = prev and prev.s or nil,
                t0 = now, t = now, st = 'ok', r = reason, a = attrs, px = 0}
+    -- decision.rs's started_by: started by a background call, the idle clock runs already.
+    if op == 'background' and P.mode == 'background' then x.bg = now end
     event(H, 'started', x)
     H.other = nil
     stat(H, x, 'started', 1)

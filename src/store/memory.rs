@@ -14,7 +14,7 @@ use super::{
 };
 use crate::domain::decision::{
     BackgroundChange, Sweep, apply_update, deadline, effective_now, end, ended_at, finalize,
-    finalized, record_expires_at, retained_until, started, sweep,
+    finalized, record_expires_at, retained_until, started_by, sweep,
 };
 use crate::domain::stats::{self, StatChange, StatsQuery, StatsSummary};
 use crate::domain::{
@@ -564,7 +564,15 @@ impl MemoryStore {
                     }
                     ks.archive(&tag, done, now, session_ms);
                 }
-                let s = started(id, previous.as_ref(), reason, cmd.attributes.clone(), now);
+                let s = started_by(
+                    &cmd.op,
+                    policy,
+                    id,
+                    previous.as_ref(),
+                    reason,
+                    cmd.attributes.clone(),
+                    now,
+                );
                 let counted_as_other = ks.started(ns, &s, now);
                 if let Some((at, _)) = deadline(&s, policy) {
                     ks.due.set(&tag, at);

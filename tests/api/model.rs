@@ -350,15 +350,20 @@ impl Model {
         }
     }
 
+    /// Starts the client's next session; `call` is the call that starts it.
     fn start(
         &mut self,
         key: (&'static str, usize),
+        call: &Call,
         why: Why,
         release: Option<&'static str>,
         user: Option<&'static str>,
     ) -> Answer {
         let now = self.now;
         let p = policy(if key.0 == "web" { Ns::Web } else { Ns::App });
+        // In background mode, a session a background call starts is in the background.
+        let background_since =
+            (matches!(call, Call::Background) && p.mode == Mode::Background).then_some(now);
         let sym = self.next_sym;
         self.next_sym += 1;
         let c = self.clients.entry(key).or_default();
@@ -385,7 +390,7 @@ impl Model {
             prev,
             started: now,
             last: now,
-            background_since: None,
+            background_since,
             ended: None,
             status: Status::Ok,
             errors: 0,
@@ -422,7 +427,7 @@ impl Model {
         );
         let Some(current) = self.clients.get(&key).and_then(|c| c.current.clone()) else {
             return if may_start {
-                self.start(key, Why::NewClient, release, user)
+                self.start(key, call, Why::NewClient, release, user)
             } else {
                 Answer::NoLiveSession
             };
@@ -484,7 +489,7 @@ impl Model {
                         created: false,
                     }
                 }
-                _ if may_start => self.start(key, why, release, user),
+                _ if may_start => self.start(key, call, why, release, user),
                 _ => Answer::NoLiveSession,
             };
         }
@@ -523,7 +528,7 @@ impl Model {
         }
         let changed_user = matches!((user, s.user), (Some(new), Some(old)) if new != old);
         if changed_user && p.on_user_change == OnUserChange::Restart && may_start {
-            return self.start(key, Why::UserChange, release, user);
+            return self.start(key, call, Why::UserChange, release, user);
         }
         if !matches!(call, Call::Current { .. }) {
             s.last = now;
@@ -609,6 +614,8 @@ struct Run {
     calls: Calls,
     hasher: ClientHasher,
     ids: Ids,
+    /// The answers to the calls so far, in order, as the model gave them and the store agreed.
+    answers: Vec<Answer>,
 }
 
 /// A call sent and the model's answer to it, compared once the store has answered.
@@ -752,6 +759,7 @@ impl Run {
         for (s, got) in sent.drain(..).zip(answers) {
             let got = got.map_err(|e| format!("step {}: {e}", s.step))?;
             self.compare(s.step, (&s.expected, s.finalized), got, s.ns)?;
+            self.answers.push(s.expected);
         }
         Ok(())
     }
@@ -877,6 +885,7 @@ async fn check(run: &mut Run, steps: &[Step], salt: &str) -> Result<(), String> 
                             .await
                             .map_err(|e| e.to_string())?;
                         run.compare(n, (&sent.expected, sent.finalized), got, sent.ns)?;
+                        run.answers.push(sent.expected);
                     }
                 }
             }
@@ -946,6 +955,7 @@ fn memory_run(calls: Calls) -> Run {
         calls,
         hasher: hasher(),
         ids: Ids::default(),
+        answers: Vec::new(),
     }
 }
 
@@ -1026,6 +1036,7 @@ fn redis_run(target: Target<'_>, prefix: &str, calls: Calls) -> Run {
         calls,
         hasher: hasher(),
         ids: Ids::default(),
+        answers: Vec::new(),
     }
 }
 
@@ -1107,4 +1118,298 @@ fn the_redis_cluster_agrees_with_the_model_call_by_call_and_in_batches() {
     let cluster = redis_cluster::shared();
     redis_agrees(&cluster.urls(), Calls::Single, 512);
     redis_agrees(&cluster.urls(), Calls::Batch, 512);
+}
+
+// ---------------------------------------------------------------- the decision table
+
+/// What a row of decision.rs's table decides for the last call of its steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Decides {
+    NoLiveSession,
+    UnknownSession,
+    /// A new session starts, for this reason.
+    Starts(Why),
+    /// The session answered is the one the client had (or the one the call named).
+    Keeps {
+        ended: bool,
+    },
+}
+
+/// Every row of the decision table (src/domain/decision.rs), as the steps that reach it and
+/// what its last call decides.
+fn decision_table() -> Vec<(&'static str, Vec<Step>, Decides)> {
+    let on = |ns, call| Step::Call {
+        ns,
+        client: 0,
+        call,
+        release: None,
+        user: None,
+    };
+    let as_user = |ns, call, user| Step::Call {
+        ns,
+        client: 0,
+        call,
+        release: None,
+        user: Some(user),
+    };
+    let web = |call| on(Ns::Web, call);
+    let app = |call| on(Ns::App, call);
+    let end = |named| Call::End {
+        status: EndStatus::Exited,
+        named,
+    };
+    let report = |named| Call::Report {
+        errors: 1,
+        crashed: false,
+        named,
+        id: None,
+    };
+    let peek = Call::Current { create: false };
+    let current = Call::Current { create: true };
+    use Decides::*;
+    vec![
+        (
+            "none, current(create=false)",
+            vec![web(peek.clone())],
+            NoLiveSession,
+        ),
+        ("none, end", vec![web(end(Named::None))], NoLiveSession),
+        (
+            "none, report",
+            vec![web(report(Named::None))],
+            NoLiveSession,
+        ),
+        ("none, tick", vec![web(Call::Tick)], Starts(Why::NewClient)),
+        (
+            "none, current",
+            vec![web(current.clone())],
+            Starts(Why::NewClient),
+        ),
+        (
+            "none, foreground",
+            vec![app(Call::Foreground)],
+            Starts(Why::NewClient),
+        ),
+        (
+            "none, background",
+            vec![app(Call::Background)],
+            Starts(Why::NewClient),
+        ),
+        (
+            "another id, end",
+            vec![
+                web(Call::Tick),
+                web(end(Named::None)),
+                web(Call::Tick),
+                web(end(Named::Earlier(0))),
+            ],
+            Keeps { ended: true },
+        ),
+        (
+            "another id, report",
+            vec![
+                web(Call::Tick),
+                web(end(Named::None)),
+                web(Call::Tick),
+                web(report(Named::Earlier(0))),
+            ],
+            Keeps { ended: true },
+        ),
+        (
+            "an unknown id, end",
+            vec![web(Call::Tick), web(end(Named::Unknown))],
+            UnknownSession,
+        ),
+        (
+            "over, report (finalized now)",
+            vec![
+                web(Call::Tick),
+                Step::Advance(2),
+                web(report(Named::Current)),
+            ],
+            Keeps { ended: true },
+        ),
+        (
+            "over, report (already finalized)",
+            vec![
+                web(Call::Tick),
+                Step::Advance(2),
+                Step::Sweep,
+                web(report(Named::Current)),
+            ],
+            Keeps { ended: true },
+        ),
+        (
+            "live, report",
+            vec![web(Call::Tick), web(report(Named::None))],
+            Keeps { ended: false },
+        ),
+        (
+            "ended, current(create=false)",
+            vec![web(Call::Tick), web(end(Named::None)), web(peek.clone())],
+            NoLiveSession,
+        ),
+        (
+            "expired, current(create=false)",
+            vec![web(Call::Tick), Step::Advance(2), web(peek.clone())],
+            NoLiveSession,
+        ),
+        (
+            "ended, end",
+            vec![
+                web(Call::Tick),
+                web(end(Named::None)),
+                web(end(Named::None)),
+            ],
+            Keeps { ended: true },
+        ),
+        (
+            "expired, end",
+            vec![web(Call::Tick), Step::Advance(2), web(end(Named::None))],
+            Keeps { ended: true },
+        ),
+        (
+            "ended, tick",
+            vec![web(Call::Tick), web(end(Named::None)), web(Call::Tick)],
+            Starts(Why::Ended),
+        ),
+        (
+            "idle exactly to the deadline, current",
+            vec![web(Call::Tick), Step::Advance(2), web(current.clone())],
+            Starts(Why::IdleTimeout),
+        ),
+        (
+            "started in the background, idle there to the deadline, foreground",
+            vec![
+                app(Call::Background),
+                Step::Advance(1),
+                app(Call::Foreground),
+            ],
+            Starts(Why::IdleTimeout),
+        ),
+        (
+            "idle in the background to the deadline, foreground",
+            vec![
+                app(Call::Tick),
+                app(Call::Background),
+                Step::Advance(1),
+                app(Call::Foreground),
+            ],
+            Starts(Why::IdleTimeout),
+        ),
+        (
+            "at the max duration, tick",
+            vec![
+                app(Call::Tick),
+                Step::Advance(3),
+                app(Call::Tick),
+                Step::Advance(3),
+                app(Call::Tick),
+            ],
+            Starts(Why::MaxDuration),
+        ),
+        (
+            "idle deadline tied with the max duration, background",
+            vec![
+                app(Call::Tick),
+                Step::Advance(4),
+                Step::Advance(1),
+                app(Call::Background),
+                Step::Advance(1),
+                app(Call::Background),
+            ],
+            Starts(Why::IdleTimeout),
+        ),
+        (
+            "live, end",
+            vec![web(Call::Tick), web(end(Named::Current))],
+            Keeps { ended: true },
+        ),
+        (
+            "live, current(create=false) binds the user",
+            vec![web(Call::Tick), as_user(Ns::Web, peek.clone(), "u-1")],
+            Keeps { ended: false },
+        ),
+        (
+            "live, user changed, keep",
+            vec![
+                as_user(Ns::Web, Call::Tick, "u-1"),
+                as_user(Ns::Web, Call::Tick, "u-2"),
+            ],
+            Keeps { ended: false },
+        ),
+        (
+            "live, user changed, restart",
+            vec![
+                as_user(Ns::App, Call::Tick, "u-1"),
+                as_user(Ns::App, Call::Tick, "u-2"),
+            ],
+            Starts(Why::UserChange),
+        ),
+        (
+            "live, current",
+            vec![web(Call::Tick), Step::Advance(1), web(current)],
+            Keeps { ended: false },
+        ),
+        (
+            "live, tick",
+            vec![web(Call::Tick), Step::Advance(1), web(Call::Tick)],
+            Keeps { ended: false },
+        ),
+        (
+            "live, foreground",
+            vec![app(Call::Background), app(Call::Foreground)],
+            Keeps { ended: false },
+        ),
+        (
+            "live, background",
+            vec![app(Call::Tick), app(Call::Background)],
+            Keeps { ended: false },
+        ),
+    ]
+}
+
+/// What the model answered the last call of a row.
+fn decided(answers: &[Answer]) -> Decides {
+    match answers.last().expect("a row ends with a call") {
+        Answer::NoLiveSession => Decides::NoLiveSession,
+        Answer::UnknownSession => Decides::UnknownSession,
+        Answer::Session {
+            view,
+            created: true,
+        } => Decides::Starts(view.why),
+        Answer::Session {
+            view,
+            created: false,
+        } => Decides::Keeps {
+            ended: view.ended.is_some(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_of_the_decision_table_on_every_store() {
+    let (server, cluster) =
+        tokio::task::spawn_blocking(|| (redis_server::shared(), redis_cluster::shared()))
+            .await
+            .unwrap();
+    let (url, seeds) = (server.url(), cluster.urls());
+    for (row, steps, decides) in decision_table() {
+        for calls in [Calls::Single, Calls::Batch] {
+            let prefix = format!("table{}", &OsRandom.client_key().as_str()[..8]);
+            let runs = [
+                ("memory", memory_run(calls)),
+                ("Redis", redis_run(Target::Single(&url), &prefix, calls)),
+                (
+                    "the cluster",
+                    redis_run(Target::Cluster(&seeds), &prefix, calls),
+                ),
+            ];
+            for (store, mut run) in runs {
+                let found = check(&mut run, &steps, &prefix).await;
+                assert!(found.is_ok(), "{row} on {store}: {}", found.unwrap_err());
+                assert_eq!(decided(&run.answers), decides, "{row} on {store}");
+            }
+        }
+    }
 }
