@@ -16,9 +16,7 @@
 --       (decide.lua's meanings); without them, all are at their defaults.
 -- Returns {now, reply per call}: a call the hot path decided on this clock is its session
 -- record alone; any other is decide()'s reply, or {'skip', now, '', 0, '', ''}.
--- By the op's byte, as string.byte reads it.
-local OPS = {[99] = 'current', [116] = 'tick', [102] = 'foreground', [98] = 'background',
-             [101] = 'end', [114] = 'report'}
+-- OPS (the op's byte, as string.byte reads it -> its name) comes from redis.rs's OPS.
 local DEFAULTS = {'', '1', '', '', '', '', '', '0', '0', ''}
 local client_ret, session_ret = tonumber(ARGV[1]), tonumber(ARGV[2])
 local policies = {}

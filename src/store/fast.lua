@@ -23,10 +23,10 @@ repeat
   if not raw then fast_raw = false break end
   -- Read by position (lib.lua's record format 2), so that no string is made of the ids: the
   -- flags byte follows format and id; an ended session is decide()'s.
-  local flags = string.byte(raw, 12)
+  local flags = string.byte(raw, FLAGS_AT)
   if bit.band(flags, FLAG_ENDED) ~= 0 then break end
-  local at_index = 13
-  if bit.band(flags, FLAG_PREVIOUS) ~= 0 then at_index = 23 end
+  local at_index = FLAGS_AT + 1
+  if bit.band(flags, FLAG_PREVIOUS) ~= 0 then at_index = at_index + ID_BYTES end
   local _, t0, last, px, rest = struct.unpack('>I4I6I6I6', raw, at_index)
   local bg = 0
   if bit.band(flags, FLAG_BACKGROUND) ~= 0 then bg, rest = struct.unpack('>I6', raw, rest) end

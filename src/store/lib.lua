@@ -16,7 +16,7 @@ local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 -- absent fields are nil; k is the list of the digests of its recent report ids, oldest
 -- first. src/store/record.rs reads the same layouts; keep them in step.
 -- Packed (big-endian), format 2: the format byte, the id's 10 bytes, a byte of FLAGS (which
--- optional parts follow, and whether it is finalized: prelude.lua's FLAG_*), the previous id's 10 bytes, index,
+-- optional parts follow, and whether it is finalized: FLAG_*), the previous id's 10 bytes, index,
 -- started, last activity, pointer expiry, background since, ended, errors (each time 6 bytes),
 -- status * 16 + reason, then the four attributes, each after its 2-byte length ('' when
 -- absent), then the count of report digests and the digests (8 bytes each). At about 60
@@ -24,8 +24,8 @@ local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 -- A report id's digest is 8 bytes (domain::ReportId), and a record keeps the last 8
 -- (domain::RecentReports).
 local REPORT_BYTES, REPORTS_KEPT = 8, 8
-local STATUS = {[0] = 'ok', 'exited', 'errored', 'abnormal', 'crashed'}
-local REASON = {[0] = 'new_client', 'idle_timeout', 'max_duration', 'ended', 'user_change'}
+-- FORMAT, FLAGS_AT, ID_BYTES, FLAG_*, STATUS and REASON (code -> name) come from record.rs,
+-- which puts them before this file.
 local STATUS_CODE, REASON_CODE = {}, {}
 for code, name in pairs(STATUS) do STATUS_CODE[name] = code end
 for code, name in pairs(REASON) do REASON_CODE[name] = code end
@@ -51,10 +51,11 @@ local function attributes(release, environment, platform, user)
 end
 
 local function unpack_record(raw)
-  local flags = string.byte(raw, 12)
+  local flags = string.byte(raw, FLAGS_AT)
   local function has(flag) return bit.band(flags, flag) ~= 0 end
-  local x, at = {s = id_hex(string.sub(raw, 2, 11)), f = has(FLAG_FINALIZED) or nil}, 13
-  if has(FLAG_PREVIOUS) then x.p, at = id_hex(string.sub(raw, 13, 22)), 23 end
+  local x, at = {s = id_hex(string.sub(raw, 2, FLAGS_AT - 1)), f = has(FLAG_FINALIZED) or nil},
+    FLAGS_AT + 1
+  if has(FLAG_PREVIOUS) then x.p, at = id_hex(string.sub(raw, at, at + ID_BYTES - 1)), at + ID_BYTES end
   x.i, x.t0, x.t, x.px, at = struct.unpack('>I4I6I6I6', raw, at)
   if has(FLAG_BACKGROUND) then x.bg, at = struct.unpack('>I6', raw, at) end
   if has(FLAG_ENDED) then x.e, at = struct.unpack('>I6', raw, at) end
@@ -78,7 +79,7 @@ local function pack_record(x)
   local flags = (x.p and FLAG_PREVIOUS or 0) + (x.bg and FLAG_BACKGROUND or 0) +
     (x.e and FLAG_ENDED or 0) + (x.n and FLAG_ERRORS or 0) + (x.f and FLAG_FINALIZED or 0) +
     (x.k and FLAG_REPORTS or 0)
-  local parts = {struct.pack('>Bc10B', 2, id_bytes(x.s), flags)}
+  local parts = {struct.pack('>Bc0B', FORMAT, id_bytes(x.s), flags)}
   if x.p then parts[#parts + 1] = id_bytes(x.p) end
   parts[#parts + 1] = struct.pack('>I4I6I6I6', x.i, x.t0, x.t, x.px or 0)
   for _, t in ipairs({x.bg or false, x.e or false, x.n or false}) do

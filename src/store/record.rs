@@ -1,5 +1,6 @@
-//! Reads the packed session records the Redis scripts keep (`pack_record` in lib.lua); keep
-//! the two in step.
+//! The packed session records the Redis scripts keep: their constants (the format byte, the
+//! flags, the status and reason codes), which the scripts get from here (`lua_constants`),
+//! and the reader of what lib.lua's `pack_record` writes.
 
 use thiserror::Error;
 
@@ -7,6 +8,25 @@ use crate::domain::{Attributes, Reason, RecentReports, ReportId, SessionId, Sess
 
 /// The format byte that opens a packed record (lib.lua's format 2).
 const COMPACT: u8 = 2;
+
+/// Where the flags byte is (1-based, as Lua counts): after the format byte and the id.
+const FLAGS_AT: usize = 2 + SessionId::BYTES;
+
+/// A record's status and start reason are stored as their index here.
+const STATUSES: [Status; 5] = [
+    Status::Ok,
+    Status::Exited,
+    Status::Errored,
+    Status::Abnormal,
+    Status::Crashed,
+];
+const REASONS: [Reason; 5] = [
+    Reason::NewClient,
+    Reason::IdleTimeout,
+    Reason::MaxDuration,
+    Reason::Ended,
+    Reason::UserChange,
+];
 
 /// The flags: which optional parts a record holds, and whether it is finalized.
 const PREVIOUS: u8 = 1;
@@ -19,6 +39,38 @@ const REPORTS: u8 = 32;
 #[derive(Debug, Error)]
 #[error("stored session: {0}")]
 pub struct BadRecord(String);
+
+/// The record's constants as Lua locals, put before the scripts that read or write records:
+/// FORMAT, FLAGS_AT, ID_BYTES and FLAG_*, and with `codes`, STATUS and REASON (code -> name,
+/// from 0). The hot script leaves the codes out: it never reads them, and a table costs a
+/// script on every call.
+pub fn lua_constants(codes: bool) -> String {
+    let flags = [
+        ("PREVIOUS", PREVIOUS),
+        ("BACKGROUND", BACKGROUND),
+        ("ENDED", ENDED),
+        ("ERRORS", ERRORS),
+        ("FINALIZED", FINALIZED),
+        ("REPORTS", REPORTS),
+    ];
+    let names: Vec<String> = flags.iter().map(|(n, _)| format!("FLAG_{n}")).collect();
+    let values: Vec<String> = flags.iter().map(|(_, v)| v.to_string()).collect();
+    let mut lua = format!(
+        "local FORMAT, FLAGS_AT, ID_BYTES = {COMPACT}, {FLAGS_AT}, {}\nlocal {} =\n  {}\n",
+        SessionId::BYTES,
+        names.join(", "),
+        values.join(", ")
+    );
+    if codes {
+        let table = |names: Vec<&str>| format!("{{[0] = '{}'}}", names.join("', '"));
+        lua += &format!(
+            "local STATUS = {}\nlocal REASON = {}\n",
+            table(STATUSES.iter().map(|s| s.as_str()).collect()),
+            table(REASONS.iter().map(|r| r.as_str()).collect()),
+        );
+    }
+    lua
+}
 
 /// Reads one record.
 pub fn parse(raw: &[u8]) -> Result<SessionState, BadRecord> {
@@ -105,7 +157,7 @@ impl<'a> Reader<'a> {
         let background_since = optional(BACKGROUND)?;
         let ended_at = optional(ENDED)?;
         let errors = optional(ERRORS)?.unwrap_or(0) as u64;
-        let code = self.number(1)?;
+        let code = self.number(1)? as usize;
         let attributes = self.attributes()?;
         let mut reports = RecentReports::default();
         if has(REPORTS) {
@@ -136,26 +188,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn status(code: u64) -> Result<Status, BadRecord> {
-    Ok(match code {
-        0 => Status::Ok,
-        1 => Status::Exited,
-        2 => Status::Errored,
-        3 => Status::Abnormal,
-        4 => Status::Crashed,
-        code => return Err(BadRecord(format!("status {code}"))),
-    })
+fn status(code: usize) -> Result<Status, BadRecord> {
+    STATUSES
+        .get(code)
+        .copied()
+        .ok_or_else(|| BadRecord(format!("status {code}")))
 }
 
-fn reason(code: u64) -> Result<Reason, BadRecord> {
-    Ok(match code {
-        0 => Reason::NewClient,
-        1 => Reason::IdleTimeout,
-        2 => Reason::MaxDuration,
-        3 => Reason::Ended,
-        4 => Reason::UserChange,
-        code => return Err(BadRecord(format!("reason {code}"))),
-    })
+fn reason(code: usize) -> Result<Reason, BadRecord> {
+    REASONS
+        .get(code)
+        .copied()
+        .ok_or_else(|| BadRecord(format!("reason {code}")))
 }
 
 #[cfg(test)]
@@ -234,6 +278,39 @@ mod tests {
             (session.status, session.reason),
             (Status::Ok, Reason::NewClient)
         );
+    }
+
+    #[test]
+    fn the_scripts_get_the_layout_and_the_codes_from_here() {
+        let lua = lua_constants(true);
+        assert!(
+            lua.starts_with("local FORMAT, FLAGS_AT, ID_BYTES = 2, 12, 10\n"),
+            "{lua}"
+        );
+        assert!(
+            lua.contains(
+                "local FLAG_PREVIOUS, FLAG_BACKGROUND, FLAG_ENDED, FLAG_ERRORS, FLAG_FINALIZED, \
+                 FLAG_REPORTS =\n  1, 2, 4, 8, 16, 32\n"
+            ),
+            "{lua}"
+        );
+        assert!(
+            lua.contains(
+                "local STATUS = {[0] = 'ok', 'exited', 'errored', 'abnormal', 'crashed'}\n"
+            )
+        );
+        assert!(lua.contains(
+            "local REASON = {[0] = 'new_client', 'idle_timeout', 'max_duration', 'ended', 'user_change'}\n"
+        ));
+        assert!(!lua_constants(false).contains("STATUS"));
+        // A status and a reason read back as the code they were stored as.
+        for (code, s) in STATUSES.iter().enumerate() {
+            assert_eq!(status(code).unwrap(), *s);
+        }
+        for (code, r) in REASONS.iter().enumerate() {
+            assert_eq!(reason(code).unwrap(), *r);
+        }
+        assert!(status(STATUSES.len()).is_err() && reason(REASONS.len()).is_err());
     }
 
     #[test]

@@ -177,11 +177,12 @@ fn script(clock: &str, body: &str) -> Script {
     Script::new(&format!("#!lua\n{clock}{body}"))
 }
 
-/// The body of a script of lib.lua's users: prelude.lua, the caps on stats names lib.lua
-/// reads, lib.lua, then `tail`.
+/// The body of a script of lib.lua's users: the record's constants (record.rs), prelude.lua,
+/// the caps on stats names lib.lua reads, lib.lua, then `tail`.
 fn with_lib(names: &StatsNames, tail: &str) -> String {
     format!(
-        "{}local STATS_MAX_RELEASES, STATS_MAX_ENVIRONMENTS = {}, {}\n{}{tail}",
+        "{}{}local STATS_MAX_RELEASES, STATS_MAX_ENVIRONMENTS = {}, {}\n{}{tail}",
+        record::lua_constants(true),
         include_str!("prelude.lua"),
         names.releases,
         names.environments,
@@ -292,7 +293,9 @@ impl RedisStore {
             retention,
             hot_script: script(
                 clock_source,
-                &with_fast(concat!(
+                &with_fast(&format!(
+                    "{}{}{}",
+                    record::lua_constants(false),
                     include_str!("prelude.lua"),
                     include_str!("tick.lua")
                 )),
@@ -308,7 +311,12 @@ impl RedisStore {
                 clock_source,
                 &with_fast(&with_lib(
                     &names,
-                    concat!(include_str!("decide.lua"), include_str!("batch.lua")),
+                    &format!(
+                        "{}{}{}",
+                        include_str!("decide.lua"),
+                        lua_ops(),
+                        include_str!("batch.lua")
+                    ),
                 )),
             ),
             sweep_script: script(clock_source, &with_lib(&names, include_str!("sweep.lua"))),
@@ -1111,15 +1119,35 @@ fn guard_key(prefix: &str, bucket: u32) -> String {
     format!("{}guard", bucket_prefix(prefix, bucket))
 }
 
+/// The calls' names, as decide.lua reads them; a batch call's spec opens with its name's
+/// first byte (batch.lua's OPS, generated from this by `lua_ops`).
+const OPS: [&str; 6] = [
+    "current",
+    "tick",
+    "foreground",
+    "background",
+    "end",
+    "report",
+];
+
 fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Current { .. } => "current",
-        Op::Tick => "tick",
-        Op::Foreground => "foreground",
-        Op::Background => "background",
-        Op::End { .. } => "end",
-        Op::Report { .. } => "report",
-    }
+    OPS[match op {
+        Op::Current { .. } => 0,
+        Op::Tick => 1,
+        Op::Foreground => 2,
+        Op::Background => 3,
+        Op::End { .. } => 4,
+        Op::Report { .. } => 5,
+    }]
+}
+
+/// batch.lua's OPS: each call's first byte to its name.
+fn lua_ops() -> String {
+    let entries: Vec<String> = OPS
+        .iter()
+        .map(|name| format!("[{}] = '{name}'", name.as_bytes()[0]))
+        .collect();
+    format!("local OPS = {{{}}}\n", entries.join(", "))
 }
 
 /// Adds a call's create flag and end status (decide.lua); returns the session id it names.
@@ -1410,6 +1438,17 @@ mod tests {
         assert_eq!(
             record_location("sd", &web, &client).1,
             "web:3f2a0000000000000000000000000000"
+        );
+    }
+
+    #[test]
+    fn a_batch_tells_every_call_by_its_first_byte() {
+        let firsts: HashSet<u8> = OPS.iter().map(|name| name.as_bytes()[0]).collect();
+        assert_eq!(firsts.len(), OPS.len());
+        assert_eq!(
+            lua_ops(),
+            "local OPS = {[99] = 'current', [116] = 'tick', [102] = 'foreground', \
+             [98] = 'background', [101] = 'end', [114] = 'report'}\n"
         );
     }
 
