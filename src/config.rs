@@ -15,8 +15,10 @@ use ipnet::IpNet;
 
 use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{Attributes, Mode, Namespace, OnUserChange, Policy};
+use crate::domain::{Retention, StatsNames};
 use crate::limits::{LimitSettings, Rate, Scope};
-use crate::store::{Durability, Retention, StatsNames};
+use crate::store::Durability;
+use crate::telemetry::LogFormat;
 
 /// sessiond: the single authority for activity-session identifiers.
 #[derive(Debug, Parser)]
@@ -64,12 +66,6 @@ pub struct Cli {
     /// when it answers 200 (for container health checks, which have no HTTP client).
     #[arg(long)]
     pub check_health: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// What a namespace does when the store is unreachable.

@@ -240,9 +240,6 @@ fn spawn_janitor(store: std::sync::Weak<MemoryStore>) {
     });
 }
 
-/// Finalizes sessions that idled out while their clients stayed away: every
-/// `sweep_interval`, and at once again while a sweep leaves a backlog. Every instance
-/// sweeps; the store makes each finalization happen once. Ends with the application.
 /// Drops the rate-limit state of callers gone quiet, every ten seconds.
 fn spawn_limit_tidier(limiter: std::sync::Weak<Limiter>, clock: Arc<dyn Clock>) {
     tokio::spawn(async move {
@@ -283,6 +280,9 @@ fn spawn_limit_sharing(state: std::sync::Weak<AppState>) {
     });
 }
 
+/// Finalizes sessions that idled out while their clients stayed away: every
+/// `sweep_interval`, and at once again while a sweep leaves a backlog. Every instance
+/// sweeps; the store makes each finalization happen once. Ends with the application.
 fn spawn_sweeper(state: std::sync::Weak<AppState>) {
     tokio::spawn(async move {
         let Some(interval) = state.upgrade().map(|s| s.settings.sweep_interval) else {

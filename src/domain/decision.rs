@@ -31,8 +31,8 @@
 
 use super::health::{Report, final_status};
 use super::{
-    Attributes, EndStatus, Mode, OnUserChange, Policy, Reason, RecentReports, SessionId,
-    SessionState, Status,
+    Attributes, ClientHash, ClientHasher, EndStatus, Mode, Namespace, OnUserChange, Policy, Reason,
+    RecentReports, SessionId, SessionState, Status,
 };
 
 /// What a call asks for.
@@ -330,6 +330,27 @@ pub fn started(
         attributes,
         reports: RecentReports::default(),
     }
+}
+
+/// A session drawn while the store is unreachable, for a namespace with `on_store_error =
+/// "provisional"` (CONTRACT section 5.6): never stored, index 0. Its id is shared by every
+/// call for the client within one idle-timeout window, so the client's instruments still
+/// agree, and it starts, and idles out, with its window, so no client caches it past it.
+pub fn provisional(
+    hasher: &ClientHasher,
+    namespace: &Namespace,
+    client: &ClientHash,
+    policy: &Policy,
+    attributes: Attributes,
+    now: i64,
+) -> SessionState {
+    // The configuration guarantees a positive idle timeout; max(1) keeps division safe anyway.
+    let span = policy.idle_timeout_ms.max(1);
+    let window = now / span;
+    let id = hasher.provisional_id(namespace.as_str(), client, window);
+    let mut session = started(id, None, Reason::NewClient, attributes, window * span);
+    session.index = 0;
+    session
 }
 
 /// How long a session that sees no call after it starts stays live.

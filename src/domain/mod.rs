@@ -8,6 +8,7 @@ pub mod health;
 pub mod ids;
 pub mod namespace;
 pub mod policy;
+pub mod retention;
 pub mod session;
 pub mod stats;
 
@@ -18,4 +19,5 @@ pub use health::{Event, EventId, EventKind, RecentReports, Report, ReportId};
 pub use ids::{ClientHash, ClientHasher, ClientKey, IdSource, OsRandom, SessionId};
 pub use namespace::Namespace;
 pub use policy::{Mode, OnUserChange, Policy};
+pub use retention::{Retention, StatsNames};
 pub use session::{EndStatus, Reason, SessionState, Status};

@@ -13,7 +13,7 @@ use super::source::source_address;
 use super::views::{self, SessionBody, SessionRecord};
 use super::{AppState, cors};
 use crate::config::OnStoreError;
-use crate::domain::decision::started;
+use crate::domain::decision::provisional;
 use crate::domain::namespace::DEFAULT_NAMESPACE;
 use crate::domain::{
     Attributes, ClientHash, ClientKey, EndStatus, Namespace, Op, Reason, Report, ReportId,
@@ -301,28 +301,19 @@ impl AppState {
         owner?.ok_or_else(|| ApiError::SessionNotFound(id.to_string()))
     }
 
-    /// A session drawn here while the store is unreachable (CONTRACT section 5.6): never
-    /// stored, index 0, marked provisional. Its id is shared by every call for the client
-    /// within one idle-timeout window, so the client's instruments still agree.
+    /// The provisional session (`domain::decision::provisional`) answered while the store is
+    /// unreachable, marked so.
     fn provisional(&self, call: ParsedCall) -> SessionBody {
         let command = call.command;
         let now = self.clock.now_ms();
-        // The configuration guarantees a positive idle timeout; max(1) keeps division safe anyway.
-        let span = command.policy.idle_timeout_ms.max(1);
-        let window = now / span;
-        let id = self
-            .hasher
-            .provisional_id(command.namespace.as_str(), &command.client, window);
-        let window_start = window * span;
-        let mut session = started(
-            id,
-            None,
-            Reason::NewClient,
+        let session = provisional(
+            &self.hasher,
+            &command.namespace,
+            &command.client,
+            &command.policy,
             command.attributes,
-            window_start,
+            now,
         );
-        // It starts, and idles out, with its window, so no client caches it past the window.
-        session.index = 0;
         self.metrics.count_provisional(command.namespace.as_str());
         SessionBody {
             record: SessionRecord::at(command.namespace, session, &command.policy, now),

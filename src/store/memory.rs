@@ -9,8 +9,7 @@ use parking_lot::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Command, Finalized, Found, Outcome, Policies, Retention, SessionStore, StatsNames, StoreError,
-    Swept, policy_of,
+    Command, Finalized, Found, Outcome, Policies, SessionStore, StoreError, Swept, policy_of,
 };
 use crate::domain::decision::{
     BackgroundChange, Sweep, apply_update, deadline, effective_now, end, ended_at, finalize,
@@ -19,10 +18,10 @@ use crate::domain::decision::{
 use crate::domain::stats::{self, StatChange, StatsQuery, StatsSummary};
 use crate::domain::{
     ClientHash, Clock, Decision, Event, EventId, EventKind, IdSource, Namespace, Op, Policy,
-    ReportEffect, SessionId, SessionState, Status, decide,
+    ReportEffect, Retention, SessionId, SessionState, StatsNames, Status, decide,
 };
 
-/// A client's place in the keyspace, as the Redis store's `{namespace:hash}` tag.
+/// A client: its namespace and its client hash, as the Redis store's field `NS:HASH` names it.
 type Tag = (Namespace, ClientHash);
 
 /// Maps keyed by client hashes and session ids: both are keyed-hash or random output, which
@@ -42,8 +41,9 @@ struct Expiring<T> {
     expires_at: i64,
 }
 
-/// When each client's session is due for the sweeper to look at, like the Redis store's
-/// sorted set: one entry per client, set when a session starts and moved by the sweeper.
+/// When each client's session is due for the sweeper to look at: one entry per client, set
+/// when a session starts and moved by the sweeper. (The Redis store's wake index keeps one
+/// entry per records hash instead, the earliest of its clients'.)
 #[derive(Default)]
 struct DueIndex {
     at: FastMap<Tag, i64>,

@@ -44,7 +44,7 @@ impl Metered {
                 self.metrics.store_up.set(1);
             }
             Ok(_) => {}
-            Err(e) => self.metrics.count_store_error(e),
+            Err(e) => self.metrics.count_store_error(e.kind()),
         }
     }
 

@@ -53,14 +53,15 @@ use serde::de::IntoDeserializer;
 use super::cluster::ClusterRouter;
 use super::record;
 use super::{
-    Command, Durability, Finalized, Found, LimitCount, Outcome, Policies, Retention, SessionStore,
-    SharedLimits, StatsNames, StoreError, Swept,
+    Command, Durability, Finalized, Found, LimitCount, Outcome, Policies, SessionStore,
+    SharedLimits, StoreError, Swept,
 };
 use crate::domain::decision::untouched_lifetime;
 use crate::domain::stats::{self, StatsQuery, StatsSummary};
 use crate::domain::{
     Attributes, ClientHash, Clock, EndStatus, Event, EventId, EventKind, IdSource, Mode, Namespace,
-    OnUserChange, Op, Policy, RecentReports, SessionId, SessionState, Status,
+    OnUserChange, Op, Policy, RecentReports, Retention, SessionId, SessionState, StatsNames,
+    Status,
 };
 use crate::telemetry;
 
@@ -199,7 +200,8 @@ fn with_fast(source: &str) -> String {
 /// (100 calls take about half a millisecond), so a long batch goes in several.
 const CALLS_PER_SCRIPT: usize = 100;
 
-/// How many due clients one sweep looks at per bucket.
+/// About how many records one sweep looks at per bucket: it takes due records hashes, each
+/// whole, until it has looked at this many (sweep.lua).
 const SWEEP_LIMIT: usize = 500;
 
 /// A script's answer before it is read into an [`Outcome`].

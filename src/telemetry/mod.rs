@@ -21,9 +21,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
 use crate::domain::{Reason, Status};
-use crate::store::{SessionStore, StoreError};
+use crate::store::SessionStore;
+
+/// How the logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global log subscriber; `SESSIOND_LOG` (or `RUST_LOG`) filters, default `info`.
 pub fn init_logging(format: LogFormat) {
@@ -298,16 +304,12 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a failed store call by kind; an unreachable store is down until it answers.
-    pub fn count_store_error(&self, e: &StoreError) {
-        let kind = match e {
-            StoreError::Unavailable(_) => {
-                self.store_up.set(0);
-                "unavailable"
-            }
-            StoreError::Corrupt(_) => "corrupt",
-            StoreError::Failed(_) => "failed",
-        };
+    /// Counts a failed store call by its kind (`StoreError::kind`); an unavailable store is
+    /// down until it answers.
+    pub fn count_store_error(&self, kind: &'static str) {
+        if kind == "unavailable" {
+            self.store_up.set(0);
+        }
         self.store_errors
             .get_or_create(&StoreErrorLabels { kind })
             .inc();

@@ -213,7 +213,7 @@ async fn spawn_listening(
 ) -> (TestApp, Option<TestApp>) {
     // The service's own logs, when asked for (SESSIOND_LOG=warn cargo test ... -- --nocapture).
     if std::env::var_os("SESSIOND_LOG").is_some() {
-        sessiond::telemetry::init_logging(sessiond::config::LogFormat::Text);
+        sessiond::telemetry::init_logging(sessiond::telemetry::LogFormat::Text);
     }
     let mut settings = settings(toml, backend.as_ref());
     let admin_token = (admin && !toml.contains("admin_token")).then_some(ADMIN_TOKEN);

@@ -17,14 +17,13 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sessiond::domain::{
     Attributes, ClientHash, ClientHasher, ClientKey, Clock, EndStatus, EventKind, IdSource,
-    ManualClock, Mode, Namespace, OnUserChange, Op, OsRandom, Policy, Report, ReportId, SessionId,
-    Status, SystemClock,
+    ManualClock, Mode, Namespace, OnUserChange, Op, OsRandom, Policy, Report, ReportId, Retention,
+    SessionId, Status, SystemClock,
 };
 use sessiond::http::views::SessionRecord;
 use sessiond::store::redis::Target;
 use sessiond::store::{
-    Command, Durability, MemoryStore, Outcome, Policies, RedisOptions, RedisStore, Retention,
-    SessionStore,
+    Command, Durability, MemoryStore, Outcome, Policies, RedisOptions, RedisStore, SessionStore,
 };
 
 use crate::{redis_cluster, redis_server};
@@ -1389,6 +1388,7 @@ fn decided(answers: &[Answer]) -> Decides {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_of_the_decision_table_on_every_store() {
+    let _alone = crate::helpers::ALONE.lock().await;
     let (server, cluster) =
         tokio::task::spawn_blocking(|| (redis_server::shared(), redis_cluster::shared()))
             .await
