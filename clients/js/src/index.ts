@@ -236,11 +236,14 @@ class SessiondClient implements Client {
     for (const listener of this.listeners.slice()) quietly(() => listener(s, previousId));
   }
 
-  // Tabs sharing this service, namespace and client key hear each other's changes.
+  // Tabs sharing this service, namespace and client key hear each other's changes; without
+  // BroadcastChannel through localStorage, which 'memory' leaves alone.
   tell(message: object) {
     const m = { ...message, k: this.key };
     quietly(() =>
-      this.channel ? this.channel.postMessage(m) : w.localStorage.setItem(this.name(), JSON.stringify({ ...m, t: Math.random() }))
+      this.channel
+        ? this.channel.postMessage(m)
+        : this.o.storage != 'memory' && w.localStorage.setItem(this.name(), JSON.stringify({ ...m, t: Math.random() }))
     );
   }
 

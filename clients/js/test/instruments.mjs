@@ -291,6 +291,11 @@ try {
   await rotate(a2, b2, await a2.evaluate(() => e2e.current()), await a2.evaluate(() => e2e.key()), 'fallback');
   console.log('without BroadcastChannel, the storage event gave the other tab the new id');
   await older.close();
+  const unconsented = await browser.newContext();
+  await unconsented.addInitScript(() => delete window.BroadcastChannel);
+  const quiet = await open(unconsented, { storage: 'memory' });
+  assert.equal(await quiet.evaluate(() => localStorage.length), 0, "'memory' stores nothing, also without BroadcastChannel");
+  await unconsented.close();
 
   // The service unreachable from the start: no instrument carries an id, none is invented.
   const offline = await browser.newContext();
