@@ -1,10 +1,8 @@
 //! Session stores: one trait, implemented in memory (embedded) and on Redis or Redis Cluster
 //! (production).
 
-pub mod cluster;
 pub mod memory;
 pub mod metered;
-mod record;
 pub mod redis;
 
 use std::time::Duration;

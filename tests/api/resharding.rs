@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use redis::AsyncCommands;
 use redis::Value as Reply;
 use redis::aio::ConnectionManagerConfig;
-use sessiond::store::cluster::ClusterRouter;
+use sessiond::store::redis::cluster::ClusterRouter;
 
 use crate::cluster::tag_of;
 use crate::helpers::{ALONE, TestApp, new_client, spawn_on_cluster, wait_past};

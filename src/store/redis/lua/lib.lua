@@ -1,4 +1,4 @@
--- Shared by the decision, sweep and find scripts, which are appended to it (after prelude.lua):
+-- Shared by the decision, sweep and find scripts, which follow it (after prelude.lua):
 -- the store's clock, records, deadlines, finalization, lifecycle events and stats.
 -- Implements src/domain (decision.rs, health.rs, stats.rs); keep them in step.
 --
@@ -14,7 +14,7 @@ local RANK = {ok = 0, exited = 0, errored = 1, abnormal = 2, crashed = 3}
 -- a fraction of cjson to read and write. Decoded, a record is the table
 -- {s, i, p, t0, t, bg, e, st, n, f, r, px, a = {release, environment, platform, user_id}, k};
 -- absent fields are nil; k is the list of the digests of its recent report ids, oldest
--- first. src/store/record.rs reads the same layouts; keep them in step.
+-- first. src/store/redis/record.rs reads the same layouts; keep them in step.
 -- Packed (big-endian), format 2: the format byte, the id's 10 bytes, a byte of FLAGS (which
 -- optional parts follow, and whether it is finalized: FLAG_*), the previous id's 10 bytes, index,
 -- started, last activity, pointer expiry, background since, ended, errors (each time 6 bytes),

@@ -1,31 +1,27 @@
 -- Finalizes the sessions of one bucket that idled out while their clients stayed away, and
--- drops the records past retention (appended to prelude.lua and lib.lua). One bucket is one atomic
--- call, so instances sweeping at the same time never finalize a session twice: the first marks
--- it finalized, the next sees that.
+-- drops the records past retention (after prelude.lua, lib.lua and args.lua). One bucket is
+-- one atomic call, so instances sweeping at the same time never finalize a session twice:
+-- the first marks it finalized, the next sees that.
 -- Implements `sweep` of src/domain/decision.rs; keep the two in step.
 --
 -- KEYS[1] the bucket's wake index: a sorted set of its records hashes (by XX, lib.lua's
 -- records_key()) by when the first of their records is due (lib.lua's next_look()); KEYS[2]
--- the bucket's migration guard (never written; redis.rs says why).
--- ARGV: bucket key prefix, limit, stats_retention_ms, events_max, client_retention_ms,
---       session_retention_ms, then per namespace its name, idle_ms, max_ms and mode; the name
---       '' is the policy of namespaces not listed.
+-- the bucket's migration guard (never written; redis/keys.rs says why).
+-- ARGV: the shared arguments and the policies (redis/args.rs), the limit, then the name of
+--       each policy's namespace, in order; the name '' is the policy of namespaces not listed.
 -- Returns {finalized, records looked at (about limit at most), then the finalized by final
 -- status: exited, errored, abnormal, crashed}.
 
-local prefix, limit = ARGV[1], tonumber(ARGV[2])
-local client_ret, session_ret = tonumber(ARGV[5]), tonumber(ARGV[6])
+local prefix, limit = string.match(KEYS[1], '^(.*}:)wake$'), tonumber(ARGV[3])
 local policies = {}
-for n = 7, #ARGV, 4 do
-  policies[ARGV[n]] = {idle = tonumber(ARGV[n + 1]), max = tonumber(ARGV[n + 2]), mode = ARGV[n + 3]}
-end
+for n = 4, #ARGV do policies[ARGV[n]] = POLICIES[n - 4] end
 
 local finalized, looked_at = 0, 0
 local by_status = {exited = 0, errored = 0, abnormal = 0, crashed = 0}
 
 -- Finalizes session s of namespace ns under policy P, over at `at_time`.
 local function finalize_over(s, ns, P, at_time)
-  local H = {prefix = prefix, ns = ns, stats_ret = tonumber(ARGV[3]), events_max = ARGV[4]}
+  local H = {prefix = prefix, ns = ns, stats_ret = stats_ret, events_max = events_max}
   finalize(H, s, ended_at(s, P, at_time))
   finalized = finalized + 1
   by_status[s.st] = by_status[s.st] + 1

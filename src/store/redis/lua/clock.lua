@@ -1,7 +1,7 @@
 -- The store's clock, which every script starts with: the Redis server's TIME, in
 -- milliseconds, and the id of an event appended now, which Redis stamps with the same clock.
 -- (A store given a clock of its own, in tests, starts its scripts with one that reads the
--- call's last argument instead; redis.rs's GIVEN_CLOCK.)
+-- call's last argument instead; redis/scripts.rs's GIVEN_CLOCK.)
 local EVENT_ID = '*'
 
 local function clock()

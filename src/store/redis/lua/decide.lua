@@ -1,36 +1,29 @@
--- One session decision for one client, on this Redis server's clock (appended to lib.lua,
--- and followed by session.lua or batch.lua, which call it). Implements the decision table
--- of src/domain/decision.rs; keep the two in step.
+-- One decision for one client, on this Redis server's clock (after lib.lua and args.lua;
+-- calls.lua calls it). Implements the decision table of src/domain/decision.rs; keep the
+-- two in step.
 --
--- KEYS[1] the records hash holding the client's current session (lib.lua's records_key()),
--- KEYS[2] its archive (`PREFIX:{bucket}:a:NS:HASH`, hash: id -> packed record), KEYS[3] the
--- bucket's migration guard (never written; redis.rs says why); all carry the client's {bucket}
--- tag, as do the bucket's health keys written through H, whose prefix and namespace KEYS[2]
--- gives.
--- ARGV: op, create, end_status, named session id (end, report), idle_ms, max_ms, mode,
---       on_user_change, client_retention_ms, session_retention_ms, pointer_slack_ms,
---       candidate, release, environment, platform, user_id ('' when not given),
---       stats_retention_ms, events_max, report errors, report crashed, report id digest
--- decide(KEYS, ARGV) returns {kind, now, session_record, pointer_expires_at, finalized, other};
+-- key is the records hash holding the client's current session (lib.lua's records_key()) and
+-- member the client's field there (NS:HASH); its archive is `PREFIX:{bucket}:a:NS:HASH`
+-- (hash: id -> packed record). Every key written carries the client's {bucket} tag, as do
+-- the bucket's health keys written through H. P is the call's policy (args.lua's POLICIES),
+-- r its own arguments, as redis/args.rs lists them.
+-- decide() returns {kind, now, session_record, pointer_expires_at, finalized, other};
 -- kind is s(ession), need(s an id), nolive or unknown; finalized is the final status of the
 -- session the call finalized, or ''; other is '1' when the session the call started counts as
 -- 'other' in stats (lib.lua's counted_name()), else ''. pointer_expires_at > 0 asks the
 -- caller to extend the id's pointer.
 
-local function decide(KEYS, ARGV)
+local function decide(key, member, op, P, r)
   -- The store's clock, moved on to a session's last activity when that is later.
   local now = now
-  local op, create, end_status, named = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
-  local P = {idle = tonumber(ARGV[5]), max = tonumber(ARGV[6]), mode = ARGV[7]}
-  local on_user_change = ARGV[8]
-  local client_ret, session_ret, slack = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-  local candidate = ARGV[12]
-  local attrs = {release = present(ARGV[13], ''), environment = present(ARGV[14], ''),
-                 platform = present(ARGV[15], ''), user_id = present(ARGV[16], '')}
-  local prefix, member = string.match(KEYS[2], '^(.*}:)a:(.*)$')
-  local H = {prefix = prefix, ns = string.match(member, '^[^:]*'), stats_ret = tonumber(ARGV[17]),
-             events_max = ARGV[18]}
-  local report_errors, report_crashed, report_id = tonumber(ARGV[19]), ARGV[20] == '1', ARGV[21]
+  local create, end_status, named = r[2] == '1', r[3], r[4]
+  local candidate = r[11]
+  local attrs = attributes(r[5], r[6], r[7], r[1])
+  local prefix = string.match(key, '^(.*}:)r:')
+  local archive_key = prefix .. 'a:' .. member
+  local H = {prefix = prefix, ns = string.match(member, '^[^:]*'), stats_ret = stats_ret,
+             events_max = events_max}
+  local report_errors, report_crashed, report_id = tonumber(r[8]), r[9] == '1', r[10]
   local may_start = not ((op == 'current' and not create) or op == 'end' or op == 'report')
 
   local function retained_until(x)
@@ -38,7 +31,7 @@ local function decide(KEYS, ARGV)
     return (at or x.t) + session_ret
   end
 
-  local raw = redis.call('HGET', KEYS[1], member)
+  local raw = redis.call('HGET', key, member)
   local s = raw and unpack_record(raw)
   if s and now >= record_expires(s, P, client_ret, session_ret) then raw, s = false, nil end
 
@@ -61,23 +54,23 @@ local function decide(KEYS, ARGV)
       pointer = x.px
     end
     local record = pack_record(x)
-    redis.call('HSET', KEYS[1], member, record)
+    redis.call('HSET', key, member, record)
     return record, pointer
   end
 
   -- Keeps a finalized session readable by id, dropping archived ones past retention.
   local function archive(done)
     local latest = 0
-    local entries = redis.call('HGETALL', KEYS[2])
+    local entries = redis.call('HGETALL', archive_key)
     for n = 1, #entries, 2 do
       local e = unpack_record(entries[n + 1]).e
-      if e + session_ret <= now then redis.call('HDEL', KEYS[2], entries[n]) else latest = math.max(latest, e) end
+      if e + session_ret <= now then redis.call('HDEL', archive_key, entries[n]) else latest = math.max(latest, e) end
     end
     if done.e + session_ret > now then
-      redis.call('HSET', KEYS[2], done.s, pack_record(done))
+      redis.call('HSET', archive_key, done.s, pack_record(done))
       latest = math.max(latest, done.e)
     end
-    if latest > 0 then redis.call('PEXPIREAT', KEYS[2], latest + session_ret) end
+    if latest > 0 then redis.call('PEXPIREAT', archive_key, latest + session_ret) end
   end
 
   local function start(prev, reason)
@@ -110,7 +103,7 @@ local function decide(KEYS, ARGV)
   now = math.max(now, s.t)
 
   if named ~= '' and named ~= s.s then
-    local archived = redis.call('HGET', KEYS[2], named)
+    local archived = redis.call('HGET', archive_key, named)
     if not archived then return reply('unknown') end
     local x = unpack_record(archived)
     if x.e + session_ret <= now then return reply('unknown') end
@@ -120,7 +113,7 @@ local function decide(KEYS, ARGV)
       if changed then amend(H, x, before, x.e) end
       if written then
         archived = pack_record(x)
-        redis.call('HSET', KEYS[2], named, archived)
+        redis.call('HSET', archive_key, named, archived)
       end
     end
     return reply('s', archived)
@@ -161,7 +154,7 @@ local function decide(KEYS, ARGV)
   end
 
   local user, bound = attrs.user_id, s.a.user_id
-  if user and bound and user ~= bound and on_user_change == 'restart' and may_start then
+  if user and bound and user ~= bound and P.restart and may_start then
     return start(s, 'user_change')
   end
 

@@ -2,7 +2,7 @@
 -- (lib.lua and decide.lua cost more to set up than these calls cost to decide). Implements
 -- the same decision as decide.lua for the cases it takes; keep the two in step.
 --
--- Straight-line code, not a function: the scripts that use it (tick.lua, batch.lua) have it
+-- Straight-line code, not a function: the scripts that use it (tick.lua, calls.lua) have it
 -- put in place of their line `-- @fast`. Defining and calling a function here cost a single
 -- call a tenth of its time in Redis.
 --
