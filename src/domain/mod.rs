@@ -11,7 +11,6 @@ pub mod policy;
 pub mod retention;
 pub mod session;
 pub mod stats;
-pub mod transition;
 
 pub use attributes::Attributes;
 pub use clock::{Clock, ManualClock, SystemClock};
