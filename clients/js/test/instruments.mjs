@@ -175,7 +175,19 @@ try {
   // Faro's own timers: its stored session aged past its inactivity and lifetime limits.
   const faroOwn = await a.evaluate(() => e2e.ageFaroSession());
   await sleep(1200); // past Faro's throttle of its session checks (STORAGE_UPDATE_DELAY, 1 s)
-  allCarry(await emitted(a, 'a-faro'), session, 'after Faro rotated by its own timers');
+  // On a slow machine sessiond's own 2 s idle timeout may run out by now: the items must carry
+  // the id sessiond holds when they are made, whichever that is, and never one of Faro's. Should
+  // sessiond rotate while they are being made, they are made once more.
+  for (let attempt = 1; ; attempt++) {
+    const before = await held(key);
+    const ids = await emitted(a, `a-faro${attempt}`);
+    const now = await a.evaluate(() => e2e.current());
+    if (before != now?.session_id && attempt < 3) continue;
+    assert.equal(await held(key), now.session_id, 'the page shows what sessiond holds');
+    allCarry(ids, now, 'after Faro rotated by its own timers');
+    session = now;
+    break;
+  }
   const faroNew = await a.evaluate(() => JSON.parse(sessionStorage.getItem('com.grafana.faro.session')));
   assert.ok(faroNew.started > faroOwn.started, 'Faro started a session of its own by its timers');
   assert.equal(await a.evaluate(() => e2e.faroSessionId()), session.session_id, "Faro's session follows sessiond's");
