@@ -1,9 +1,11 @@
 //! The session decision: given what the store holds, a call and the store's clock, what happens.
 //!
-//! This is the one definition of the policy. The in-memory store calls [`decide`] directly;
-//! the Redis scripts (`store/decide.lua`, and `store/fast.lua` for the live tick and current
-//! rows) implement the same table, and the behaviour suite
-//! runs against both to prove they agree.
+//! This is the one definition of the policy: [`crate::domain::transition`] carries the
+//! verdict through to the answer and the effects, the in-memory store carries those out, and
+//! the Redis scripts mirror both, function for function by the same names (`lib.lua` this
+//! module, `transition.lua` the transition; `fast.lua` the live tick and current rows in
+//! straight-line form). The model test and the decision table test drive every store to prove
+//! they agree.
 //!
 //! | stored session            | call                           | decision                  |
 //! |---------------------------|--------------------------------|---------------------------|

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod retention;
 pub mod session;
 pub mod stats;
+pub mod transition;
 
 pub use attributes::Attributes;
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -11,14 +11,12 @@ use async_trait::async_trait;
 use super::{
     Command, Finalized, Found, Outcome, Policies, SessionStore, StoreError, Swept, policy_of,
 };
-use crate::domain::decision::{
-    BackgroundChange, Sweep, apply_update, deadline, effective_now, end, ended_at, finalize,
-    finalized, record_expires_at, retained_until, started_by, sweep,
-};
+use crate::domain::decision::{Sweep, ended_at, finalize, sweep};
 use crate::domain::stats::{self, StatChange, StatsQuery, StatsSummary};
+use crate::domain::transition::{Answer, Call, Effect, still_retained, transition};
 use crate::domain::{
-    ClientHash, Clock, Decision, Event, EventId, EventKind, IdSource, Namespace, Op, Policy,
-    ReportEffect, Retention, SessionId, SessionState, StatsNames, Status, decide,
+    ClientHash, Clock, Event, EventId, EventKind, IdSource, Namespace, Policy, Retention,
+    SessionId, SessionState, StatsNames, Status,
 };
 
 /// A client: its namespace and its client hash, as the Redis store's field `NS:HASH` names it.
@@ -147,13 +145,6 @@ fn set_client_expiry(
         expiries.insert((expires_at, Record::Client(tag.clone())));
     }
     record.expires_at = expires_at;
-}
-
-/// Whether an archived (ended) session is still readable by id at `now`.
-fn still_retained(session: &SessionState, now: i64, session_retention: i64) -> bool {
-    session
-        .ended_at
-        .is_some_and(|ended| ended + session_retention > now)
 }
 
 /// How many expired records one call removes at most, so no call pays for a large backlog;
@@ -366,27 +357,25 @@ impl Keyspace {
         }
     }
 
-    /// A session started: its event, and the stats that count it.
-    /// Returns whether it counts as `other` (see `count`).
-    fn started(&mut self, ns: &str, session: &SessionState, now: i64) -> bool {
+    /// A lifecycle event, and the stats it moves; `before` is the status an `amended` event
+    /// moved from. Returns whether a `started` session counts as `other` (see `count`).
+    fn record_event(
+        &mut self,
+        ns: &str,
+        kind: EventKind,
+        session: &SessionState,
+        ended_at: Option<i64>,
+        before: Status,
+        now: i64,
+    ) -> bool {
         self.events
-            .push(Event::new(EventKind::Started, ns, session, None), now);
-        self.count(ns, session, |at| stats::on_started(at, session))
-    }
-
-    /// A session was finalized (once): its `ended` event, and the stats of its final status.
-    fn ended(&mut self, ns: &str, session: &SessionState, ended_at: i64, now: i64) {
-        let event = Event::new(EventKind::Ended, ns, session, Some(ended_at));
-        self.events.push(event, now);
-        self.count(ns, session, |at| stats::on_finalized(at, session));
-    }
-
-    /// A finalized session's status was amended from `before`: its event, and the stats
-    /// moved to the new status.
-    fn amended(&mut self, ns: &str, before: Status, session: &SessionState, now: i64) {
-        let event = Event::new(EventKind::Amended, ns, session, session.ended_at);
-        self.events.push(event, now);
-        self.count(ns, session, |at| stats::on_amended(at, before, session));
+            .push(Event::new(kind, ns, session, ended_at), now);
+        let other = self.count(ns, session, |at| match kind {
+            EventKind::Started => stats::on_started(at, session),
+            EventKind::Ended => stats::on_finalized(at, session),
+            EventKind::Amended => stats::on_amended(at, before, session),
+        });
+        kind == EventKind::Started && other
     }
 
     /// Drops the stats of days past retention.
@@ -434,162 +423,98 @@ impl MemoryStore {
         self.lock().ids.len()
     }
 
+    /// A fresh session id, drawn again should it be one a retained session has.
+    fn fresh_id(&self, retained: &FastMap<SessionId, Tag>) -> SessionId {
+        loop {
+            let candidate = self.ids.session_id();
+            if !retained.contains_key(&candidate) {
+                return candidate;
+            }
+            let request_id = crate::telemetry::request_id();
+            tracing::warn!(
+                request_id,
+                "session id collision among retained sessions; drawing again"
+            );
+        }
+    }
+
+    /// Decides the call's transition (`domain::transition`) on the client's records, changed
+    /// in place, and carries out its effects.
     fn execute_locked(&self, ks: &mut Keyspace, cmd: &Command) -> Outcome {
         let store_now = self.clock.now_ms();
         ks.purge(store_now, PURGE_PER_CALL);
         let tag = (cmd.namespace.clone(), cmd.client.clone());
-        let ns = cmd.namespace.as_str();
-        let policy = &cmd.policy;
-        let user_id = cmd.attributes.user_id.as_deref();
-        let (now, decision, kept) = {
-            let stored = ks.current(&tag, store_now);
-            let now = effective_now(stored, store_now);
-            let decision = decide(stored, &cmd.op, user_id, policy, now);
-            let kept = matches!(decision, Decision::Keep).then(|| stored.cloned());
-            (now, decision, kept.flatten())
+        let call = Call {
+            op: &cmd.op,
+            policy: &cmd.policy,
+            attributes: &cmd.attributes,
+            retention: &self.retention,
         };
-        let (client_ms, session_ms) = (self.retention.client_ms(), self.retention.session_ms());
-        let keep_until = |s: &SessionState| record_expires_at(s, policy, client_ms, session_ms);
-        let answer =
-            |session: SessionState, created: bool, finalized: Option<Status>| Outcome::Session {
+        let t = {
+            let Keyspace {
+                clients,
+                archives,
+                ids,
+                expiries,
+                ..
+            } = &mut *ks;
+            let mut record = clients.get_mut(&tag).filter(|r| r.expires_at > store_now);
+            let named = cmd.op.names().and_then(|id| {
+                let archive = archives
+                    .get_mut(&tag)
+                    .filter(|a| a.expires_at > store_now)?;
+                archive.value.iter_mut().find(|s| s.id == *id)
+            });
+            let current = record.as_mut().map(|r| &mut r.value);
+            let t = transition(current, named, &call, || self.fresh_id(ids), store_now);
+            // The records changed in place: only the current one's expiry is left to set.
+            if let Some(record) = record {
+                for effect in &t.effects {
+                    if let Effect::Save { expires_at } = effect {
+                        set_client_expiry(expiries, &tag, record, *expires_at);
+                    }
+                }
+            }
+            t
+        };
+        let ns = cmd.namespace.as_str();
+        let mut counted_as_other = false;
+        for effect in t.effects {
+            match effect {
+                Effect::Save { .. } | Effect::SaveNamed => {}
+                Effect::Archive(done) => ks.archive(&tag, done, t.now, self.retention.session_ms()),
+                Effect::Start {
+                    session,
+                    expires_at,
+                } => ks.save_current(&tag, session, expires_at),
+                Effect::Event {
+                    kind,
+                    session,
+                    ended_at,
+                    before,
+                } => {
+                    counted_as_other |= ks.record_event(ns, kind, &session, ended_at, before, t.now)
+                }
+                Effect::UserMarks(session) => {
+                    ks.count(ns, &session, |at| stats::user_marks(at, &session));
+                }
+                Effect::Wake(at) => ks.due.set_earlier(&tag, at),
+            }
+        }
+        match t.answer {
+            Answer::Session {
                 session,
                 created,
-                now,
                 finalized,
-                counted_as_other: false,
-            };
-        // Most calls keep or update a live session: done in place, with one copy for the answer.
-        match decision {
-            Decision::Keep => {
-                return kept.map_or(Outcome::NoLiveSession, |s| answer(s, false, None));
-            }
-            Decision::Update(update) => {
-                let Some(record) = ks
-                    .clients
-                    .get_mut(&tag)
-                    .filter(|r| r.expires_at > store_now)
-                else {
-                    return Outcome::NoLiveSession;
-                };
-                let changed = apply_update(&mut record.value, update, user_id, now);
-                let expires_at = keep_until(&record.value);
-                set_client_expiry(&mut ks.expiries, &tag, record, expires_at);
-                let s = record.value.clone();
-                // Its idle clock starts: the sweeper must look at it then, not at its max duration.
-                if update.background == BackgroundChange::Enter
-                    && let Some((at, _)) = deadline(&s, policy)
-                {
-                    ks.due.set_earlier(&tag, at);
-                }
-                if changed && update.bind_user {
-                    ks.count(ns, &s, |at| stats::user_marks(at, &s));
-                }
-                return answer(s, false, None);
-            }
-            _ => {}
-        }
-        let stored = ks.current(&tag, store_now).cloned();
-        match (decision, stored) {
-            (Decision::NoLiveSession, _) => Outcome::NoLiveSession,
-            (Decision::Other(id), _) => {
-                let Some(s) = ks.archived_mut(&tag, &id, now, session_ms) else {
-                    return Outcome::UnknownSession;
-                };
-                let Op::Report { report, .. } = &cmd.op else {
-                    return answer(s.clone(), false, None);
-                };
-                let before = s.status;
-                let changed = report.apply(s);
-                let s = s.clone();
-                if changed {
-                    ks.amended(ns, before, &s, now);
-                }
-                answer(s, false, None)
-            }
-            (Decision::End(status), Some(mut s)) => {
-                end(&mut s, status, now);
-                ks.ended(ns, &s, now, now);
-                ks.save_current(&tag, s.clone(), keep_until(&s));
-                let finalized = Some(s.status);
-                answer(s, false, finalized)
-            }
-            (Decision::Report(effect), Some(mut s)) => {
-                let Op::Report { report, .. } = &cmd.op else {
-                    return Outcome::NoLiveSession;
-                };
-                if effect != ReportEffect::Live && retained_until(&s, policy, session_ms) <= now {
-                    return Outcome::UnknownSession;
-                }
-                let before = s.status;
-                let changed = report.apply(&mut s);
-                let mut finalized_now = None;
-                match effect {
-                    ReportEffect::Live => {
-                        ks.count(ns, &s, |at| stats::user_marks(at, &s));
-                    }
-                    ReportEffect::Finalize => {
-                        finalize(&mut s);
-                        ks.ended(ns, &s, ended_at(&s, policy, now), now);
-                        finalized_now = Some(s.status);
-                    }
-                    ReportEffect::Amend if changed => {
-                        // The current record keeps no ended_at when it idled out; the event
-                        // says when it ended, as the archived record would.
-                        let shown = finalized(&s, policy, now);
-                        ks.amended(ns, before, &shown, now);
-                    }
-                    ReportEffect::Amend => {}
-                }
-                ks.save_current(&tag, s.clone(), keep_until(&s));
-                answer(s, false, finalized_now)
-            }
-            (Decision::Start(reason), previous) => {
-                let id = loop {
-                    let candidate = self.ids.session_id();
-                    if !ks.ids.contains_key(&candidate) {
-                        break candidate;
-                    }
-                    let request_id = crate::telemetry::request_id();
-                    tracing::warn!(
-                        request_id,
-                        "session id collision among retained sessions; drawing again"
-                    );
-                };
-                let mut finalized_now = None;
-                if let Some(prev) = &previous {
-                    let done = finalized(prev, policy, now);
-                    if let (false, Some(ended)) = (prev.finalized, done.ended_at) {
-                        ks.ended(ns, &done, ended, now);
-                        finalized_now = Some(done.status);
-                    }
-                    ks.archive(&tag, done, now, session_ms);
-                }
-                let s = started_by(
-                    &cmd.op,
-                    policy,
-                    id,
-                    previous.as_ref(),
-                    reason,
-                    cmd.attributes.clone(),
-                    now,
-                );
-                let counted_as_other = ks.started(ns, &s, now);
-                if let Some((at, _)) = deadline(&s, policy) {
-                    ks.due.set(&tag, at);
-                }
-                ks.save_current(&tag, s.clone(), keep_until(&s));
-                Outcome::Session {
-                    session: s,
-                    created: true,
-                    now,
-                    finalized: finalized_now,
-                    counted_as_other,
-                }
-            }
-            // Keep and update are answered above; the table never ends or reports a session
-            // that is not there.
-            (Decision::Keep | Decision::Update(_), _)
-            | (Decision::End(_) | Decision::Report(_), None) => Outcome::NoLiveSession,
+            } => Outcome::Session {
+                session,
+                created,
+                now: t.now,
+                finalized,
+                counted_as_other,
+            },
+            Answer::NoLiveSession => Outcome::NoLiveSession,
+            Answer::UnknownSession => Outcome::UnknownSession,
         }
     }
 }
@@ -650,7 +575,8 @@ impl SessionStore for MemoryStore {
                 (Sweep::Recheck(at), _) => ks.due.set(&tag, at),
                 (Sweep::Finalize, Some((mut s, expires_at))) => {
                     finalize(&mut s);
-                    ks.ended(tag.0.as_str(), &s, ended_at(&s, &policy, now), now);
+                    let ended = Some(ended_at(&s, &policy, now));
+                    ks.record_event(tag.0.as_str(), EventKind::Ended, &s, ended, s.status, now);
                     finalized_now.count(s.status);
                     ks.save_current(&tag, s, expires_at);
                 }

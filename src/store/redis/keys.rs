@@ -76,7 +76,7 @@ pub(super) fn record_location(
     )
 }
 
-/// A client's keys as decide.lua takes them, all tagged with the client's bucket: its records
+/// A client's keys as transition.lua takes them, all tagged with the client's bucket: its records
 /// hash, its archive (`PREFIX:{bucket}:a:NS:HASH`) and the bucket's migration guard.
 pub(super) fn client_keys(prefix: &str, namespace: &Namespace, client: &ClientHash) -> [String; 3] {
     let (records, member) = record_location(prefix, namespace, client);

@@ -51,7 +51,7 @@ impl Scripts {
                 &format!(
                     "{}{}{}{}",
                     include_str!("lua/args.lua"),
-                    include_str!("lua/decide.lua"),
+                    include_str!("lua/transition.lua"),
                     lua_ops(),
                     include_str!("lua/calls.lua")
                 ),

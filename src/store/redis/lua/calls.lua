@@ -1,5 +1,5 @@
 -- Calls decided in order, one alone or a batch (after prelude.lua, lib.lua, args.lua and
--- decide.lua), so one client's calls keep their order. A client whose call needs a new session
+-- transition.lua), so one client's calls keep their order. A client whose call needs a new session
 -- id (the caller reserves ids outside this slot) has its later calls skipped; the caller runs
 -- them after, one by one. On a cluster, all keys of one call share a slot.
 --
@@ -7,7 +7,7 @@
 --       it), then the bucket's migration guard (redis/keys.rs says why).
 -- ARGV: as redis/args.rs describes them; a plain tick is its key and one argument.
 -- Returns {now, reply per call}: a call the hot path decided on this clock is its session
--- record alone; any other is decide()'s reply, or {'skip', now, '', 0, '', ''}.
+-- record alone; any other is transition()'s reply, or {'skip', now, '', 0, '', ''}.
 -- OPS (the op's byte, as string.byte reads it -> its name) comes from redis/args.rs.
 local DEFAULTS = {'', '1', '', '', '', '', '', '0', '0', '', ''}
 local waiting = {}
@@ -35,7 +35,7 @@ for n = 1, #KEYS - 1 do
     elseif fast_raw then
       reply = {'s', fast_at, fast_raw, 0, '', ''}
     else
-      reply = decide(key, member, op, policy, r)
+      reply = transition(key, member, op, policy, r)
       if reply[1] == 'need' then waiting[member] = true end
     end
   end

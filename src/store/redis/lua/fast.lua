@@ -1,6 +1,6 @@
 -- The hot decision: the calls most traffic makes, decided without setting up the rest
--- (lib.lua and decide.lua cost more to set up than these calls cost to decide). Implements
--- the same decision as decide.lua for the cases it takes; keep the two in step.
+-- (lib.lua and transition.lua cost more to set up than these calls cost to decide). Implements
+-- the same decision as transition.lua for the cases it takes; keep the two in step.
 --
 -- Straight-line code, not a function: the scripts that use it (tick.lua, calls.lua) have it
 -- put in place of their line `-- @fast`. Defining and calling a function here cost a single
@@ -15,14 +15,14 @@
 -- with nothing to change but the last activity; fast_raw false when the client has no
 -- record in its records hash (most often a new client); nil for anything else (no session,
 -- another call, a user to bind or change, a deadline passed, an ended session, a pointer to
--- extend), for decide().
+-- extend), for transition().
 local fast_raw, fast_at
 repeat
   if op ~= 'tick' and op ~= 'current' then break end
   local raw = redis.call('HGET', key, member)
   if not raw then fast_raw = false break end
   -- Read by position (lib.lua's record format 2), so that no string is made of the ids: the
-  -- flags byte follows format and id; an ended session is decide()'s.
+  -- flags byte follows format and id; an ended session is transition()'s.
   local flags = string.byte(raw, FLAGS_AT)
   if bit.band(flags, FLAG_ENDED) ~= 0 then break end
   local at_index = FLAGS_AT + 1
@@ -42,7 +42,7 @@ repeat
   local at
   if inactivity then at = last + idle elseif bg > 0 then at = bg + idle end
   if max and (not at or t0 + max < at) then at = t0 + max end
-  -- Past its deadline, or (with none) past client retention: for decide().
+  -- Past its deadline, or (with none) past client retention: for transition().
   if at_now >= (at or last + client_ret) then break end
   if op == 'tick' and last ~= at_now then
     -- Retained until its deadline as of this tick, plus session retention: only an idle

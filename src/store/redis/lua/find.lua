@@ -1,6 +1,6 @@
 -- Reads one session by id from its client's records (appended to prelude.lua and lib.lua): the
 -- current session or the archive.
--- KEYS as decide.lua takes them: the client's records hash and its archive (and the guard,
+-- KEYS as transition.lua takes them: the client's records hash and its archive (and the guard,
 -- unused here); ARGV[1] the session id.
 -- Returns {now, session_record}, with '' when neither holds the id. Retention is the
 -- caller's to judge, from the record.

@@ -1,6 +1,7 @@
 -- Shared by the decision, sweep and find scripts, which follow it (after prelude.lua):
--- the store's clock, records, deadlines, finalization, lifecycle events and stats.
--- Implements src/domain (decision.rs, health.rs, stats.rs); keep them in step.
+-- the store's clock, records, the policy of src/domain/decision.rs (its functions by the same
+-- names: deadline, over, decide, apply_update, ended_at, finalize, finalized, started_by ...),
+-- and the effects of domain/transition.rs that the sweeper shares (record_event, user_marks).
 --
 -- A health context H = {prefix, ns, stats_ret, events_max} names the client's bucket
 -- (`PREFIX:{bucket}:`, whose hash tag every key written here carries), its namespace, how
@@ -137,22 +138,99 @@ local function over(x, p, at_time)
   return nil
 end
 
--- When x's record is gone: client retention after its last activity, and never before the
--- session's own retention ends. A record is kept in a hash field, which cannot expire on its
--- own: readers treat a record past this as gone, and the sweeper removes it.
-local function record_expires(x, p, client_ret, session_ret)
-  return math.max(x.t + client_ret, (deadline(x, p) or x.t) + session_ret)
+-- decision.rs's retained_until: when x stops being readable by id.
+local function retained_until(x, p, session_ret)
+  return (deadline(x, p) or x.t) + session_ret
+end
+
+-- decision.rs's record_expires_at: when x's record is gone. A record is kept in a hash field,
+-- which cannot expire on its own: readers treat a record past this as gone, and the sweeper
+-- removes it.
+local function record_expires_at(x, p, client_ret, session_ret)
+  return math.max(x.t + client_ret, retained_until(x, p, session_ret))
+end
+
+-- transition.rs's still_retained: whether an earlier (ended) session is readable at at_time.
+local function still_retained(x, at_time, session_ret)
+  return x.e ~= nil and x.e + session_ret > at_time
 end
 
 -- When the sweeper must look at x's record next: at its deadline while it is not finalized,
 -- else when it is gone.
 local function next_look(x, p, client_ret, session_ret)
-  return (not x.f and deadline(x, p)) or record_expires(x, p, client_ret, session_ret)
+  return (not x.f and deadline(x, p)) or record_expires_at(x, p, client_ret, session_ret)
 end
 
--- When x ended: when it was ended, else its deadline if over, else now (replaced live).
+-- decision.rs's ended_at: when x ended: when it was ended, else its deadline if over, else
+-- now (replaced live).
 local function ended_at(x, p, at_time)
   return x.e or over(x, p, at_time) or at_time
+end
+
+-- decision.rs's effective_now: the store's clock, never earlier than x's last activity.
+local function effective_now(x, store_now)
+  if x then return math.max(store_now, x.t) end
+  return store_now
+end
+
+-- Op::may_start: whether the call may start a session.
+local function may_start(op, create)
+  return not ((op == 'current' and not create) or op == 'end' or op == 'report')
+end
+
+-- decision.rs's decide: the verdict for the call op (create, the session id it names, or
+-- '', the user it gives, or nil) on x under policy p at at_time, and its detail: 'nolive',
+-- 'keep', 'other', 'end', 'start' and the reason, 'report' and its effect (live, finalize
+-- or amend), or 'update' and {activity, background (keep, enter or leave), bind_user}.
+local function decide(x, op, create, named, user, p, at_time)
+  if not x then
+    if may_start(op, create) then return 'start', 'new_client' end
+    return 'nolive'
+  end
+  if named ~= '' and named ~= x.s then return 'other' end
+  local _, why = over(x, p, at_time)
+  if why then
+    if op == 'end' then return 'keep' end
+    if op == 'report' then return 'report', x.f and 'amend' or 'finalize' end
+    if may_start(op, create) then return 'start', why end
+    return 'nolive'
+  end
+  if op == 'end' then return 'end' end
+  if op == 'report' then return 'report', 'live' end
+  local bound = x.a.user_id
+  if user and bound and user ~= bound and p.restart and may_start(op, create) then
+    return 'start', 'user_change'
+  end
+  local background = 'keep'
+  if op == 'foreground' then
+    background = 'leave'
+  elseif op == 'background' and p.mode == 'background' then
+    background = 'enter'
+  end
+  return 'update', {activity = op ~= 'current', background = background,
+                    bind_user = user ~= nil and bound == nil}
+end
+
+-- decision.rs's apply_update: applies update u to x in place; returns whether x changed.
+local function apply_update(x, u, user, at_time)
+  local changed = false
+  if u.activity and at_time > x.t then
+    x.t = at_time
+    changed = true
+  end
+  -- A repeated background call keeps the first time, so retries do not extend the session.
+  if u.background == 'enter' and not x.bg then
+    x.bg = at_time
+    changed = true
+  elseif u.background == 'leave' and x.bg then
+    x.bg = nil
+    changed = true
+  end
+  if u.bind_user and x.a.user_id ~= user then
+    x.a.user_id = user
+    changed = true
+  end
+  return changed
 end
 
 local function duration_bucket(ms)
@@ -216,30 +294,67 @@ local function event(H, kind, x, ended)
   redis.call(unpack(args))
 end
 
--- Finalizes x once: its final status, one `ended` event, the stats that follow.
--- Returns whether it finalized x now.
-local function finalize(H, x, ended, end_status)
-  if x.f then return false end
-  x.st = worse(x.st, end_status or 'exited')
+-- health.rs's final_status: x's health, made no better by how it ended (exited when it idled
+-- out or was replaced).
+local function final_status(x, ended_with)
+  return worse(x.st, ended_with or 'exited')
+end
+
+-- decision.rs's end: ends the live x now with a client-given status, finalizing it.
+local function end_session(x, status, at_time)
+  x.e = at_time
+  x.st = final_status(x, status)
   x.f = true
-  event(H, 'ended', x, ended)
-  stat(H, x, x.st, 1)
-  stat(H, x, 'd' .. duration_bucket(x.t - x.t0), 1)
-  user_marks(H, x)
+end
+
+-- decision.rs's finalize: x's final status, once; returns whether this finalized it.
+local function finalize(x)
+  if x.f then return false end
+  x.st = final_status(x)
+  x.f = true
   return true
 end
 
--- Records an amended final status: one `amended` event, stats moved to the new status.
-local function amend(H, x, before, ended)
-  event(H, 'amended', x, ended)
-  if before ~= x.st then
+-- decision.rs's finalized: the record of x, over (or replaced now), as retained and shown.
+local function finalized(x, p, at_time)
+  local done = {s = x.s, i = x.i, p = x.p, t0 = x.t0, t = x.t, e = ended_at(x, p, at_time),
+                st = x.st, n = x.n, f = x.f, r = x.r, a = x.a, k = x.k}
+  finalize(done)
+  return done
+end
+
+-- decision.rs's started and started_by: the first state of a session started by op; in
+-- background mode one started by a background call starts with its idle clock running.
+local function started(id, previous, reason, attrs, at_time)
+  return {s = id, i = previous and previous.i + 1 or 1, p = previous and previous.s or nil,
+          t0 = at_time, t = at_time, st = 'ok', r = reason, a = attrs, px = 0}
+end
+
+local function started_by(op, p, id, previous, reason, attrs, at_time)
+  local x = started(id, previous, reason, attrs, at_time)
+  if op == 'background' and p.mode == 'background' then x.bg = at_time end
+  return x
+end
+
+-- transition.rs's Effect::Event as the store carries it out: the lifecycle event kind of x
+-- (ended at `ended`, nil for none) and the stats it moves (domain::stats's on_started,
+-- on_finalized and on_amended; before is the status an amended event moved from). A
+-- started session counting as other sets H.other (counted_name()).
+local function record_event(H, kind, x, ended, before)
+  event(H, kind, x, ended)
+  if kind == 'started' then
+    stat(H, x, 'started', 1)
+  elseif kind == 'ended' then
+    stat(H, x, x.st, 1)
+    stat(H, x, 'd' .. duration_bucket(x.t - x.t0), 1)
+  elseif before ~= x.st then
     stat(H, x, before, -1)
     stat(H, x, x.st, 1)
   end
   user_marks(H, x)
 end
 
--- Adds a report's errors and crash to x, unless x has a report of its id (digest, '' for
+-- health.rs's Report::apply: adds a report's errors and crash to x, unless x has a report of its id (digest, '' for
 -- none) among its last REPORTS_KEPT; returns whether its errors or status changed, and
 -- whether the record changed at all.
 local function apply_report(x, errors, crashed, digest)

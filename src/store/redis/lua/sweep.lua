@@ -2,7 +2,7 @@
 -- drops the records past retention (after prelude.lua, lib.lua and args.lua). One bucket is
 -- one atomic call, so instances sweeping at the same time never finalize a session twice:
 -- the first marks it finalized, the next sees that.
--- Implements `sweep` of src/domain/decision.rs; keep the two in step.
+-- Implements `sweep` of src/domain/decision.rs, with the functions of the same names (lib.lua).
 --
 -- KEYS[1] the bucket's wake index: a sorted set of its records hashes (by XX, lib.lua's
 -- records_key()) by when the first of their records is due (lib.lua's next_look()); KEYS[2]
@@ -22,7 +22,8 @@ local by_status = {exited = 0, errored = 0, abnormal = 0, crashed = 0}
 -- Finalizes session s of namespace ns under policy P, over at `at_time`.
 local function finalize_over(s, ns, P, at_time)
   local H = {prefix = prefix, ns = ns, stats_ret = stats_ret, events_max = events_max}
-  finalize(H, s, ended_at(s, P, at_time))
+  finalize(s)
+  record_event(H, 'ended', s, ended_at(s, P, at_time), s.st)
   finalized = finalized + 1
   by_status[s.st] = by_status[s.st] + 1
 end
@@ -39,7 +40,7 @@ local function look_at_records(sub)
     local ns = string.match(member, '^([^:]*):')
     local P = policies[ns] or policies['']
     local at_time = math.max(now, s.t)
-    if at_time >= record_expires(s, P, client_ret, session_ret) then
+    if at_time >= record_expires_at(s, P, client_ret, session_ret) then
       redis.call('HDEL', key, member)
     else
       local at = not s.f and deadline(s, P)
