@@ -142,10 +142,15 @@ pub fn over(session: &SessionState, policy: &Policy, now: i64) -> Option<(i64, R
     deadline(session, policy).filter(|(at, _)| now >= *at)
 }
 
-/// The clock the decision uses: the store's, never earlier than the last activity it
-/// recorded, so a clock that moved back after a failover cannot make time run backwards.
+/// The clock the decision uses: the store's, never earlier than the last activity or the end
+/// it recorded, so a clock that moved back after a failover cannot make time run backwards,
+/// nor make an ended session live again.
 pub fn effective_now(session: Option<&SessionState>, store_now: i64) -> i64 {
-    session.map_or(store_now, |s| store_now.max(s.last_activity_at))
+    session.map_or(store_now, |s| {
+        store_now
+            .max(s.last_activity_at)
+            .max(s.ended_at.unwrap_or(0))
+    })
 }
 
 /// The decision table of this module's documentation.

@@ -9,11 +9,15 @@ use crate::domain::StatsNames;
 
 /// The clock every script of a store given one (tests) starts with, in place of clock.lua:
 /// the call's last argument, taken off so the script sees its own arguments as usual. Events
-/// are stamped with it too, so it must not go back.
-const GIVEN_CLOCK: &str = "local given_now = table.remove(ARGV)
-local EVENT_ID = given_now .. '-*'
-given_now = tonumber(given_now)
+/// are stamped with it too, and, as Redis does with its own clock, never below the stream's
+/// last event when the clock stepped back.
+const GIVEN_CLOCK: &str = "local given_now = tonumber(table.remove(ARGV))
 local function clock() return given_now end
+local function event_id(stream)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  local last_ms = last and tonumber(string.match(last[1], '^(%d+)')) or 0
+  return math.max(given_now, last_ms) .. '-*'
+end
 ";
 
 /// The store's scripts.

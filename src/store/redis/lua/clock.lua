@@ -1,8 +1,9 @@
 -- The store's clock, which every script starts with: the Redis server's TIME, in
--- milliseconds, and the id of an event appended now, which Redis stamps with the same clock.
+-- milliseconds, and the id of an event appended now to a stream, which Redis stamps with the
+-- same clock (and never below the stream's last).
 -- (A store given a clock of its own, in tests, starts its scripts with one that reads the
 -- call's last argument instead; redis/scripts.rs's GIVEN_CLOCK.)
-local EVENT_ID = '*'
+local function event_id(stream) return '*' end
 
 local function clock()
   local t = redis.call('TIME')

@@ -167,9 +167,10 @@ local function ended_at(x, p, at_time)
   return x.e or over(x, p, at_time) or at_time
 end
 
--- decision.rs's effective_now: the store's clock, never earlier than x's last activity.
+-- decision.rs's effective_now: the store's clock, never earlier than x's last activity or
+-- its end.
 local function effective_now(x, store_now)
-  if x then return math.max(store_now, x.t) end
+  if x then return math.max(store_now, x.t, x.e or 0) end
   return store_now
 end
 
@@ -284,7 +285,8 @@ local function user_marks(H, x)
 end
 
 local function event(H, kind, x, ended)
-  local args = {'XADD', H.prefix .. 'ev', 'MAXLEN', '~', H.events_max, EVENT_ID,
+  local stream = H.prefix .. 'ev'
+  local args = {'XADD', stream, 'MAXLEN', '~', H.events_max, event_id(stream),
     'type', kind, 'namespace', H.ns, 'session_id', x.s, 'index', x.i, 'reason', x.r,
     'started_at', x.t0, 'last_activity_at', x.t, 'status', x.st, 'errors', x.n or 0}
   local function add(k, v) if v then args[#args + 1] = k; args[#args + 1] = v end end

@@ -39,7 +39,7 @@ local function look_at_records(sub)
     local member, s = entries[n], unpack_record(entries[n + 1])
     local ns = string.match(member, '^([^:]*):')
     local P = policies[ns] or policies['']
-    local at_time = math.max(now, s.t)
+    local at_time = effective_now(s, now)
     if at_time >= record_expires_at(s, P, client_ret, session_ret) then
       redis.call('HDEL', key, member)
     else
