@@ -11,6 +11,9 @@ alternating A B A B within each round:
   - shared limits: sessiond's tick on Redis with the default [limits] through a trusted proxy
     (X-Forwarded-For from POOL addresses, one per client), counted per instance against
     counted in the store (scope = "store");
+  - the default configuration: sessiond's tick and current in memory with the default [limits]
+    through the trusted proxy, against the same with the limits off: CLIENTS clients (so that
+    none passes the default 10 calls per second), client n from address n % POOL;
   - Redis bytes per live session: INFO used_memory before and after starting SESSIONS sessions
     (with everything sessiond keeps for them), on a redis-server of its own.
 It prints req/s, p50 and p99 per round, the ratio to the reference, the medians, and the CPU
@@ -39,6 +42,7 @@ SECRET = "bench-secret-0123456789"
 # Every request of a benchmark comes from one address, so the abuse limits are off.
 LOAD_CONFIG = os.path.join(ROOT, "deploy", "k6", "load-test.toml")
 POOL = 10_000
+CLIENTS = 100_000
 
 
 def free_port():
@@ -205,6 +209,8 @@ def main():
             "reference (no store)": procs.start([reference, "--mode", "none", "--listen", "127.0.0.1:PORT"]),
             "sessiond in memory": procs.start([binary, "--listen", "127.0.0.1:PORT", "--config", LOAD_CONFIG]),
         }
+        targets["sessiond in memory, default limits"] = procs.start(
+            [binary, "--listen", "127.0.0.1:PORT", "--config", limits_config(work, "instance")])
         for scope in ("instance", "store"):
             targets[f"limits per {scope}"] = procs.start(
                 [binary, "--listen", "127.0.0.1:PORT", "--config", limits_config(work, scope),
@@ -216,6 +222,12 @@ def main():
         # Client n comes from address 10.x.y.z number n, through the trusted proxy.
         proxied = wrk_script(
             work, "proxied", f'string.format(\'{{"client":"bench-client-%05d"}}\', counter % {POOL})',
+            '{["Content-Type"] = "application/json", ["X-Forwarded-For"] = string.format("10.%d.%d.%d", '
+            f'math.floor(counter % {POOL} / 65536), math.floor(counter % {POOL} / 256) % 256, counter % {POOL} % 256)}}')
+        many = f'string.format(\'{{"client":"bench-client-%06d"}}\', counter % {CLIENTS})'
+        many_single = wrk_script(work, "many", many)
+        many_proxied = wrk_script(
+            work, "many-proxied", many,
             '{["Content-Type"] = "application/json", ["X-Forwarded-For"] = string.format("10.%d.%d.%d", '
             f'math.floor(counter % {POOL} / 65536), math.floor(counter % {POOL} / 256) % 256, counter % {POOL} % 256)}}')
         pairs = [
@@ -245,6 +257,14 @@ def main():
                 (rb[0] / ra[0], rb[2] / ra[2]))
             print(f"| {r} | tick, {a} | {ra[0]:,.0f} | {ra[1]:.2f} | {ra[2]:.2f} | tick, {b} | {rb[0]:,.0f} | "
                   f"{rb[1]:.2f} | {rb[2]:.2f} | {rb[0] / ra[0]:.2f} | {rb[2] / ra[2]:.2f} |")
+            for op in ("tick", "current"):
+                a, b = "sessiond in memory", "sessiond in memory, default limits"
+                ra = measured(f"{a} {op}, limits off", targets[a], f"/v1/sessions/{op}", many_single)
+                rb = measured(f"{b} {op}", targets[b], f"/v1/sessions/{op}", many_proxied)
+                ratios.setdefault(f"in memory {op}, default limits over limits off", []).append(
+                    (rb[0] / ra[0], rb[2] / ra[2]))
+                print(f"| {r} | {op}, limits off | {ra[0]:,.0f} | {ra[1]:.2f} | {ra[2]:.2f} | {op}, default limits | "
+                      f"{rb[0]:,.0f} | {rb[1]:.2f} | {rb[2]:.2f} | {rb[0] / ra[0]:.2f} | {rb[2] / ra[2]:.2f} |")
             for a, b, op in pairs:
                 ra = measured(f"{a} {op}", targets[a], f"/v1/sessions/{op}", single)
                 rb = measured(f"{b} {op}", targets[b], f"/v1/sessions/{op}", single)

@@ -12,6 +12,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
@@ -139,6 +140,7 @@ struct AddressMinute {
     seen: HashSet<u128, foldhash::fast::RandomState>,
 }
 
+/// One shard's table of the current minute: the addresses that hash to it.
 #[derive(Default)]
 struct Minute {
     /// Minutes since the Unix epoch, on the service's clock.
@@ -151,7 +153,10 @@ pub struct Limiter {
     client: Option<(DefaultKeyedRateLimiter<u128>, Rate)>,
     address: Option<(DefaultKeyedRateLimiter<IpAddr>, Rate)>,
     new_clients_cap: Option<NonZeroU32>,
-    minute: Mutex<Minute>,
+    /// The new-client tables, in shards by address, each on a cache line of its own, so that
+    /// calls from different addresses seldom wait on one lock (one lock cost a public
+    /// deployment a tenth of its calls per second).
+    minutes: [CachePadded<Mutex<Minute>>; MINUTE_SHARDS],
     /// With `scope = "store"`, the client and address rates instead: the counters they are
     /// decided on, and each one's calls per window.
     shared: Option<Shared>,
@@ -200,11 +205,23 @@ impl Drop for NewClientPlace {
     }
 }
 
+/// Empties a new-client table once its minute has passed.
+fn turn(minute: &mut Minute, now_ms: i64) {
+    let number = now_ms.div_euclid(60_000);
+    if minute.number != number {
+        minute.number = number;
+        minute.addresses = Default::default();
+    }
+}
+
 /// A client hash as a number: the limiters key on it without copying the hash's text.
 fn key(client: &ClientHash) -> u128 {
     // A ClientHash is 32 hex digits by construction.
     u128::from_str_radix(client.as_str(), 16).unwrap_or_default()
 }
+
+/// How many shards the new-client tables are kept in.
+const MINUTE_SHARDS: usize = 16;
 
 /// Seen clients kept per address and minute, in multiples of the new-client cap: enough for
 /// a busy shared address, bounded for a hostile one.
@@ -223,7 +240,7 @@ impl Limiter {
                 .filter(|_| local)
                 .map(|r| (DefaultKeyedRateLimiter::keyed(r.quota()), r)),
             new_clients_cap: settings.new_clients_per_minute,
-            minute: Mutex::new(Minute::default()),
+            minutes: Default::default(),
             shared: (!local).then(|| Shared {
                 counters: SharedCounters::new(settings.shared_window),
                 client: settings
@@ -335,7 +352,7 @@ impl Limiter {
         };
         let client = key(client);
         let minute_number = now_ms.div_euclid(60_000);
-        let mut minute = self.minute_at(now_ms);
+        let mut minute = self.minute_at(&address, now_ms);
         let entry = minute.addresses.entry(address).or_default();
         if !minted && entry.seen.contains(&client) {
             return Ok(None);
@@ -359,7 +376,7 @@ impl Limiter {
     /// Ends a place's reservation: counted as a new client if the call created one, and the
     /// client remembered as one this address brought (unless the table is full).
     fn settle(&self, place: &NewClientPlace, created: bool) {
-        let mut minute = self.minute.lock();
+        let mut minute = self.shard_of(&place.address).lock();
         if minute.number != place.minute {
             return;
         }
@@ -377,20 +394,26 @@ impl Limiter {
         }
     }
 
-    /// The current minute's table, emptied when the minute has turned.
-    fn minute_at(&self, now_ms: i64) -> parking_lot::MutexGuard<'_, Minute> {
-        let number = now_ms.div_euclid(60_000);
-        let mut minute = self.minute.lock();
-        if minute.number != number {
-            minute.number = number;
-            minute.addresses = Default::default();
-        }
+    fn shard_of(&self, address: &IpAddr) -> &Mutex<Minute> {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::default().hash_one(address);
+        &self.minutes[hash as usize % MINUTE_SHARDS]
+    }
+
+    /// The current minute's table of the address's shard, emptied when the minute has turned.
+    fn minute_at(&self, address: &IpAddr, now_ms: i64) -> parking_lot::MutexGuard<'_, Minute> {
+        let mut minute = self.shard_of(address).lock();
+        turn(&mut minute, now_ms);
         minute
     }
 
     /// Forgets rate-limit state that has fully recovered, so memory follows the callers of
     /// the last moments, not every caller ever seen.
     pub fn tidy(&self, now_ms: i64) {
+        // A shard no call reached since the minute turned still holds the last one's table.
+        for shard in &self.minutes {
+            turn(&mut shard.lock(), now_ms);
+        }
         if let Some(shared) = &self.shared {
             shared.counters.tidy(now_ms);
         }
@@ -454,6 +477,43 @@ mod tests {
         );
         limiter.check_address(OTHER, 1000, 0).unwrap();
         limiter.check_address(None, 1, 0).unwrap();
+    }
+
+    #[test]
+    fn each_address_keeps_its_own_cap_across_the_shards_and_tidy_forgets_past_minutes() {
+        let limiter = Arc::new(Limiter::new(&LimitSettings {
+            new_clients_per_minute: NonZeroU32::new(1),
+            ..LimitSettings::off()
+        }));
+        let now = 120_000;
+        // Enough addresses to reach every shard.
+        let addresses: Vec<IpAddr> = (0..200u8).map(|n| IpAddr::from([10, 0, 0, n])).collect();
+        for (n, address) in addresses.iter().enumerate() {
+            let place = limiter
+                .check_call(Some(*address), &client(&format!("first-{n}")), false, now)
+                .unwrap();
+            place.expect("its first client may be new").settle(true);
+            let refused = limiter
+                .check_call(Some(*address), &client(&format!("second-{n}")), false, now)
+                .unwrap_err();
+            assert_eq!(refused.kind, LimitKind::NewClients, "address {address}");
+        }
+        let tables = |limiter: &Limiter| -> usize {
+            limiter
+                .minutes
+                .iter()
+                .map(|m| m.lock().addresses.len())
+                .sum()
+        };
+        assert_eq!(tables(&limiter), addresses.len());
+        assert!(
+            limiter
+                .minutes
+                .iter()
+                .all(|m| !m.lock().addresses.is_empty())
+        );
+        limiter.tidy(now + 60_000);
+        assert_eq!(tables(&limiter), 0, "a past minute's tables are let go");
     }
 
     #[test]
