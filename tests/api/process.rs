@@ -244,16 +244,29 @@ fn sigterm_stops_accepting_finishes_the_call_in_flight_and_exits_0() {
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
-    // A call in flight: its head and half its body sent when SIGTERM arrives.
+    // A call in flight: its head read by the server (it answered 100 Continue) and half its
+    // body sent when SIGTERM arrives.
     let body = br#"{"client": "in-flight-at-sigterm-01"}"#;
     let head = format!(
-        "POST /v1/sessions/tick HTTP/1.1\r\nHost: sessiond\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/sessions/tick HTTP/1.1\r\nHost: sessiond\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     let (first_half, second_half) = body.split_at(body.len() / 2);
     {
-        use std::io::Write;
+        use std::io::{Read, Write};
         stream.write_all(head.as_bytes()).unwrap();
+        let mut interim = Vec::new();
+        let mut byte = [0u8; 1];
+        while !interim.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                stream.read(&mut byte).unwrap(),
+                1,
+                "closed before 100 Continue"
+            );
+            interim.push(byte[0]);
+        }
+        let interim = String::from_utf8_lossy(&interim);
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
         stream.write_all(first_half).unwrap();
     }
     app.terminate();

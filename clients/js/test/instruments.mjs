@@ -9,6 +9,7 @@
 //   - a tab that ends the session: the other tab's next span carries no id until its next
 //     activity, then a new one, never the ended one;
 //   - storage 'session' gives two tabs two sessions; 'memory' then persist() keeps the id;
+//   - activity ticks at most every tickEveryMs;
 //   - baggage session.id=<id> reaches a listed origin, merged with the baggage already set,
 //     and no other origin;
 //   - nothing thrown into the pages.
@@ -295,6 +296,29 @@ try {
   assert.equal(bound.session.attributes.user_id, 'user-42');
   console.log("cookieDomain: two subdomains showed one session; a key handed over was adopted, and setUser bound the user to its session");
   await webview.close();
+
+  // Activity ticks at most every tickEveryMs.
+  const leaving = await browser.newContext();
+  const THROTTLE_MS = 1500;
+  const l = await open(leaving, { tickEveryMs: String(THROTTLE_MS) });
+  await l.evaluate(() => {
+    // Every tick the client sends, when: the client calls fetch as the page has it.
+    window.ticks = [];
+    const fetch = window.fetch;
+    window.fetch = function (url, init) {
+      if (String(url).endsWith('/v1/sessions/tick')) window.ticks.push(Date.now());
+      return fetch.call(this, url, init);
+    };
+  });
+  // The page's first answer, or its coming to the foreground, counts as the last tick.
+  await l.waitForFunction((ms) => Date.now() - e2e.client.lastTick >= ms, THROTTLE_MS);
+  for (let n = 0; n < 4; n++) await l.mouse.click(5, 5);
+  assert.equal(await l.evaluate(() => window.ticks.length), 1, 'four clicks in a row, one tick');
+  await l.waitForFunction((ms) => Date.now() - window.ticks[0] >= ms, THROTTLE_MS);
+  await l.mouse.click(5, 5);
+  assert.equal(await l.evaluate(() => window.ticks.length), 2, 'a click once tickEveryMs has passed ticks again');
+  console.log(`tickEveryMs: four clicks sent one tick, and one after ${THROTTLE_MS} ms another`);
+  await leaving.close();
 
   // Without BroadcastChannel, the storage event carries the change.
   const older = await browser.newContext();

@@ -27,6 +27,7 @@ const client = getClient({
   propagate: { origins: query.getAll('listed') },
   cookieDomain: query.get('cookieDomain') || undefined,
   client: query.get('client') || undefined,
+  tickEveryMs: Number(query.get('tickEveryMs')) || undefined,
 });
 
 // When this tab saw each session change, for the tab-switch latency.
