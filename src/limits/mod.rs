@@ -154,8 +154,7 @@ pub struct Limiter {
     address: Option<(DefaultKeyedRateLimiter<IpAddr>, Rate)>,
     new_clients_cap: Option<NonZeroU32>,
     /// The new-client tables, in shards by address, each on a cache line of its own, so that
-    /// calls from different addresses seldom wait on one lock (one lock cost a public
-    /// deployment a tenth of its calls per second).
+    /// calls from different addresses seldom wait on one lock.
     minutes: [CachePadded<Mutex<Minute>>; MINUTE_SHARDS],
     /// With `scope = "store"`, the client and address rates instead: the counters they are
     /// decided on, and each one's calls per window.
